@@ -1,0 +1,15 @@
+"""Built-in dataset adapters: MSD (decathlon), ACDC, Synapse and the no-download MNI152 demo."""
+
+from samora_kit.hookspecs import hookimpl
+
+from . import acdc, decathlon, mni152_demo, synapse
+
+
+@hookimpl
+def samora_kit_register(registry) -> None:
+    registry.add("dataset", decathlon.NAME, decathlon.DecathlonConfig, decathlon.build_decathlon,
+                 example=decathlon.EXAMPLE)
+    registry.add("dataset", acdc.NAME, acdc.AcdcConfig, acdc.build_acdc, example=acdc.EXAMPLE)
+    registry.add("dataset", synapse.NAME, synapse.SynapseConfig, synapse.build_synapse, example=synapse.EXAMPLE)
+    registry.add("dataset", mni152_demo.NAME, mni152_demo.Mni152DemoConfig, mni152_demo.build_mni152_demo,
+                 example={})

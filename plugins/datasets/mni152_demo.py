@@ -1,0 +1,136 @@
+"""Quick-start data that needs no download: the MNI152 2009a template shipped inside the nilearn wheel.
+
+This is ONE subject-free template brain (a T1 average with grey/white-matter probability maps) cut
+into axial slabs; each slab is a "case". Train and test slabs come from the same brain, so scores on
+it are a smoke test that the pipeline runs end to end, not a benchmark.
+
+Labels: 0 background, 1 grey matter, 2 white matter (the more probable tissue where its
+probability is >= 0.5). The template is block-averaged by `downsample` in-plane (and
+`slice_downsample` through-plane), then cut into contiguous slabs of `slab_slices` axial slices;
+only slabs with at least MIN_BRAIN_FRACTION tissue are kept. By default two central slabs are the
+training cases and the four nearest slabs not adjacent to them are the test cases.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from samora_kit.data.intensity import IntensityConfig, normalise
+from samora_kit.data.nifti import read_nifti
+from samora_kit.data.selection import CaseSelection
+from samora_kit.data.volume import Volume
+from samora_kit.errors import DataError
+from samora_kit.registry import ComponentConfig, did_you_mean
+
+from .common import SplitCases, check_num_classes
+
+NAME = "mni152_demo"
+CLASS_NAMES = ["grey matter", "white matter"]
+FILES = {tissue: f"mni_icbm152_{tissue}_tal_nlin_sym_09a_converted.nii.gz" for tissue in ("t1", "gm", "wm")}
+MIN_BRAIN_FRACTION = 0.05  # of a slab's voxels; drops the slabs that only graze the top or bottom of the brain
+TRAIN_SLABS, TEST_SLABS = 2, 4
+AXIAL = 2  # the template's third voxel axis runs inferior -> superior
+
+
+class Mni152DemoConfig(ComponentConfig):
+    root: Path | None = None  # folder holding the three template files; None: the copy inside nilearn
+    train: CaseSelection | None = None  # None: the two central slabs
+    test: CaseSelection | None = None   # None: the four nearest slabs not adjacent to the training ones
+    intensity: IntensityConfig = Field(default_factory=IntensityConfig)
+    num_classes: int | None = Field(default=None, ge=1)
+    slab_slices: int = Field(default=12, ge=1)
+    downsample: int = Field(default=2, ge=1)        # in-plane block-average factor
+    slice_downsample: int = Field(default=1, ge=1)  # through-plane factor; 1 keeps 1 mm slices
+
+
+class Mni152Demo(SplitCases):
+    """Axial slabs of the MNI152 template; case ids are `slabNN`, counted from the bottom."""
+
+    def __init__(self, config: Mni152DemoConfig):
+        self.config = config
+        self.root = config.root or nilearn_data_dir()
+        self.num_classes = check_num_classes(config.num_classes, len(CLASS_NAMES), str(self.root))
+        self.class_names = list(CLASS_NAMES)
+        self.image, self.label, self.spacing = self._load_template()  # Z, H, W each
+        self.slabs = self._slabs_with_brain()  # slab id -> first slice
+        ids = list(self.slabs)
+        defaults = default_split(ids, str(self.root)) if config.train is None or config.test is None else ([], [])
+        super().__init__({"train": (config.train or CaseSelection(cases=defaults[0])).resolve(ids, self.root),
+                          "test": (config.test or CaseSelection(cases=defaults[1])).resolve(ids, self.root)})
+
+    def load_case(self, case_id: str) -> Volume:
+        if case_id not in self.slabs:
+            raise DataError(f"{self.root}: no slab {case_id!r}{did_you_mean(case_id, self.slabs)}; "
+                            f"slabs with brain: {', '.join(self.slabs)}")
+        start = self.slabs[case_id]
+        stop = start + self.config.slab_slices
+        return Volume(case_id=case_id, image=self.image[start:stop].copy(), label=self.label[start:stop].copy(),
+                      spacing=self.spacing, source=str(self.root / FILES["t1"]),
+                      meta={"slices": (start, stop), "template": "MNI152 2009a symmetric, one template brain"})
+
+    def _load_template(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        factors = (self.config.slice_downsample, self.config.downsample, self.config.downsample)
+        arrays, spacing = {}, (1.0, 1.0, 1.0)
+        for tissue, name in FILES.items():
+            array, spacing, _ = read_nifti(self.root / name, AXIAL)  # Z, H, W
+            scale = 255.0 if array.dtype == np.uint8 else 1.0  # nilearn stores probabilities as 0..255
+            arrays[tissue] = block_mean(array.astype(np.float32) / scale, factors)
+        grey, white = arrays["gm"], arrays["wm"]
+        label = np.where(np.maximum(grey, white) >= 0.5, np.where(white > grey, 2, 1), 0).astype(np.int64)
+        image = normalise(arrays["t1"], self.config.intensity, "MRI", str(self.root / FILES["t1"]))
+        return image, label, tuple(s * f for s, f in zip(spacing, factors))
+
+    def _slabs_with_brain(self) -> dict[str, int]:
+        size = self.config.slab_slices
+        return {f"slab{k:02d}": k * size for k in range(self.label.shape[0] // size)
+                if (self.label[k * size:(k + 1) * size] > 0).mean() >= MIN_BRAIN_FRACTION}
+
+
+def build_mni152_demo(config: Mni152DemoConfig) -> Mni152Demo:
+    """MNI152 template from the nilearn wheel, cut into slabs: a no-download smoke test (GM, WM)."""
+    return Mni152Demo(config)
+
+
+def default_split(slab_ids: list[str], where: str = "") -> tuple[list[str], list[str]]:
+    """Two central slabs for training; the four nearest slabs not touching them for testing."""
+    index = {slab: int(slab[len("slab"):]) for slab in slab_ids}
+    middle = len(slab_ids) // 2
+    train = slab_ids[max(middle - 1, 0): middle + 1]
+    away = [s for s in slab_ids if all(abs(index[s] - index[t]) > 1 for t in train)]
+    if len(train) < TRAIN_SLABS or len(away) < TEST_SLABS:
+        raise DataError(f"{where}: only {len(slab_ids)} slabs contain brain, too few for {TRAIN_SLABS} training "
+                        f"and {TEST_SLABS} non-adjacent test slabs; lower slab_slices or slice_downsample, "
+                        "or give train and test")
+    centre = sum(index[s] for s in train) / len(train)
+    test = sorted(sorted(away, key=lambda s: (abs(index[s] - centre), index[s]))[:TEST_SLABS], key=index.get)
+    return train, test
+
+
+def block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Average non-overlapping blocks (trailing voxels that do not fill a block are dropped)."""
+    if all(f == 1 for f in factors):
+        return array
+    kept = [n // f * f for n, f in zip(array.shape, factors)]
+    cropped = array[: kept[0], : kept[1], : kept[2]]
+    blocks = cropped.reshape(kept[0] // factors[0], factors[0], kept[1] // factors[1], factors[1],
+                             kept[2] // factors[2], factors[2])
+    return blocks.mean(axis=(1, 3, 5))
+
+
+def nilearn_data_dir() -> Path:
+    """nilearn/datasets/data, found without importing nilearn (its import takes seconds)."""
+    spec = importlib.util.find_spec("nilearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise DataError("the mni152_demo dataset reads the MNI152 template shipped with nilearn, "
+                        "which is not installed: pip install nilearn")
+    folder = Path(locations[0]) / "datasets" / "data"
+    missing = [name for name in FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{folder}: missing {', '.join(missing)}; reinstall nilearn (pip install nilearn) "
+                        "or set root to a folder holding these files")
+    return folder

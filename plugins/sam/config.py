@@ -1,0 +1,89 @@
+"""Configs of the SAM ViT backbone and its LoRA, plus the architecture presets."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from samora_kit.registry import ComponentConfig
+
+SamVariant = Literal["vit_b", "vit_l", "vit_h", "tiny"]
+LoRATarget = Literal["q", "k", "v"]
+
+
+@dataclass(frozen=True)
+class SamPreset:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    window_size: int = 14
+    out_chans: int = 256
+
+
+SAM_PRESETS: dict[str, SamPreset] = {
+    "vit_b": SamPreset(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamPreset(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamPreset(1280, 32, 16, (7, 15, 23, 31)),
+    # a few M parameters: tests and the CPU quick start
+    "tiny": SamPreset(96, 4, 3, (1, 3), window_size=7, out_chans=64),
+}
+
+
+class LoRAConfig(ComponentConfig):
+    rank: int = Field(4, ge=1)
+    targets: list[LoRATarget] = Field(default_factory=lambda: ["q", "v"], min_length=1)
+    blocks: Literal["all"] | list[int] = "all"
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[str]) -> list[str]:
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"lora.targets {targets} repeats a projection; list each of q, k, v once")
+        return targets
+
+
+class SamBackboneConfig(ComponentConfig):
+    variant: SamVariant = "vit_b"
+    image_size: int = 224
+    checkpoint: Path | None = None  # safetensors made by `import_sam_checkpoint`
+    checkpoint_sha256: str | None = None
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_patch(cls, size: int) -> int:
+        if size <= 0 or size % 16:
+            raise ValueError(f"image_size {size} must be a positive multiple of 16 (the SAM patch size), "
+                             "e.g. 224, 512 or 1024")
+        return size
+
+    @field_validator("checkpoint_sha256")
+    @classmethod
+    def _hex_digest(cls, digest: str | None) -> str | None:
+        if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise ValueError("checkpoint_sha256 must be 64 hexadecimal characters (sha256sum output)")
+        return digest.lower() if digest else digest
+
+    @model_validator(mode="after")
+    def _blocks_exist(self) -> "SamBackboneConfig":
+        depth = SAM_PRESETS[self.variant].depth
+        if self.lora.blocks != "all":
+            bad = [i for i in self.lora.blocks if not 0 <= i < depth]
+            if bad:
+                raise ValueError(f"lora.blocks {bad} out of range: {self.variant} has blocks 0..{depth - 1}")
+            if len(set(self.lora.blocks)) != len(self.lora.blocks):
+                raise ValueError(f"lora.blocks {self.lora.blocks} repeats a block index")
+        return self
+
+    @property
+    def preset(self) -> SamPreset:
+        return SAM_PRESETS[self.variant]
+
+    def lora_block_indexes(self) -> list[int]:
+        blocks = self.lora.blocks
+        return list(range(self.preset.depth)) if blocks == "all" else sorted(blocks)

@@ -1,0 +1,48 @@
+"""LoRA on SAM's fused qkv projection, SAMed convention (no scaling, no bias)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+QKV_ORDER = ("q", "k", "v")  # layout of SAM's fused attn.qkv output
+
+
+class LoRAQKV(nn.Module):
+    """Frozen fused qkv Linear plus B_t(A_t(x)) added to the slice of each target t."""
+
+    def __init__(self, qkv: nn.Linear, rank: int = 4, targets: Sequence[str] = ("q", "v")) -> None:
+        super().__init__()
+        if qkv.out_features != 3 * qkv.in_features:
+            raise ValueError(f"expected a fused qkv Linear(C, 3C), got Linear({qkv.in_features}, {qkv.out_features})")
+        unknown = set(targets) - set(QKV_ORDER)
+        if unknown or not targets:
+            raise ValueError(f"LoRA targets must be a non-empty subset of q, k, v; got {list(targets)}")
+        self.base = qkv.requires_grad_(False)
+        self.rank = rank
+        self.targets = tuple(t for t in QKV_ORDER if t in targets)
+        dim = qkv.in_features
+        self.lora_a = nn.ModuleDict({t: nn.Linear(dim, rank, bias=False) for t in self.targets})
+        self.lora_b = nn.ModuleDict({t: nn.Linear(rank, dim, bias=False) for t in self.targets})
+        self.reset_lora()
+
+    def reset_lora(self) -> None:
+        # B = 0 makes the wrapped layer equal the frozen one at init
+        for t in self.targets:
+            nn.init.kaiming_uniform_(self.lora_a[t].weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_b[t].weight)
+
+    def delta(self, x: torch.Tensor, target: str) -> torch.Tensor:
+        return self.lora_b[target](self.lora_a[target](x))  # ..., C
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: ..., C (SAM passes B, H, W, C)
+        parts = dict(zip(QKV_ORDER, self.base(x).chunk(3, dim=-1)))
+        for t in self.targets:
+            parts[t] = parts[t] + self.delta(x, t)
+        return torch.cat([parts[t] for t in QKV_ORDER], dim=-1)  # ..., 3C
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, targets={''.join(self.targets)}"

@@ -1,0 +1,166 @@
+"""samora-kit command line: run, validate, plugins, schema, weights, evaluate, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import RecipeError, SamoraError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console) or 0
+    except RecipeError as exc:
+        Console(stderr=True).print(f"[red]invalid recipe[/] {exc}", markup=True, highlight=False)
+        return 2
+    except SamoraError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samora-kit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a recipe, then evaluate it on its test cases")
+    run.add_argument("recipe", type=Path)
+    run.add_argument("overrides", nargs="*", help="key.path=value, checked like the recipe")
+    run.add_argument("--resume", action="store_true", help="continue the run in run.output_dir exactly")
+    run.add_argument("--nproc-per-node", type=int, default=1, help="start this many processes with torchrun")
+    run.set_defaults(func=_run)
+
+    val = sub.add_parser("validate", help="check a recipe; print every problem, or the resolved recipe")
+    val.add_argument("recipe", type=Path)
+    val.add_argument("overrides", nargs="*")
+    val.set_defaults(func=_validate)
+
+    plug = sub.add_parser("plugins", help="list installed components and where they come from")
+    plug.add_argument("--json", action="store_true")
+    plug.set_defaults(func=_plugins)
+
+    schema = sub.add_parser("schema", help="write the recipe JSON schema, installed plugins included")
+    schema.add_argument("-o", "--output", type=Path)
+    schema.set_defaults(func=_schema)
+
+    weights = sub.add_parser("weights", help="weights files").add_subparsers(dest="action", required=True)
+    imp = weights.add_parser("import", help="convert an official SAM .pth into checksummed safetensors")
+    imp.add_argument("source", type=Path)
+    imp.add_argument("output", type=Path)
+    imp.add_argument("--variant", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    imp.set_defaults(func=_weights_import)
+
+    ev = sub.add_parser("evaluate", help="score a finished run on its test cases")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--policy", action="append", choices=["transunet", "strict"],
+                    help="empty-mask policy (repeatable; default: the recipe's)")
+    ev.add_argument("--output", type=Path, help="report folder (default RUN_DIR/eval)")
+    ev.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="segment NIfTI volumes with a finished run")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("inputs", type=Path, nargs="+")
+    pr.add_argument("--output", type=Path, required=True)
+    pr.add_argument("--no-overlays", action="store_true")
+    pr.set_defaults(func=_predict)
+    return p
+
+
+def _run(args, console):
+    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
+               "-m", "samora_kit.cli", "run", str(args.recipe), *args.overrides]
+        return subprocess.call(cmd + (["--resume"] if args.resume else []))
+    from .runner import run
+
+    run(args.recipe, args.overrides, args.resume, ["samora-kit", "run", *map(str, sys.argv[2:])], console)
+
+
+def _validate(args, console):
+    from .plugins import default_plugins
+    from .recipe import dump_recipe, load_recipe
+
+    recipe = load_recipe(args.recipe, default_plugins().registry, args.overrides)
+    console.print(f"[green]{args.recipe}: valid[/]; resolved recipe:")
+    console.print(dump_recipe(recipe), markup=False, highlight=False)
+
+
+def _plugins(args, console):
+    from .plugins import default_plugins
+
+    loaded = default_plugins()
+    listing: dict = {}
+    for spec in loaded.registry.specs():
+        listing.setdefault(spec.kind, {})[spec.name] = {
+            "source": spec.source, "summary": spec.summary,
+            "config": sorted(spec.config_model.model_fields)}
+    failures = [{"plugin": f.name, "distribution": f.distribution, "error": f.error} for f in loaded.failures]
+    if args.json:
+        print(json.dumps({**listing, **({"_failed": failures} if failures else {})}, indent=2))
+        return 0
+    table = Table(title="samora-kit components")
+    for column in ("kind", "name", "provided by", "summary"):
+        table.add_column(column)
+    for kind, entries in listing.items():
+        for name, info in entries.items():
+            table.add_row(kind, name, info["source"], info["summary"])
+    console.print(table)
+    for f in failures:
+        console.print(f"[red]plugin {f['plugin']} ({f['distribution']}) failed to load:[/] {f['error']}")
+    return 0
+
+
+def _schema(args, console):
+    from .plugins import default_plugins
+    from .recipe import recipe_model
+    from .weights.io import atomic_write_text
+
+    text = json.dumps(recipe_model(default_plugins().registry).model_json_schema(), indent=2) + "\n"
+    if args.output:
+        atomic_write_text(args.output, text)
+        console.print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+
+
+def _weights_import(args, console):
+    from .weights.import_sam import import_sam_checkpoint
+
+    out, digest = import_sam_checkpoint(args.source, args.output, args.variant)
+    console.print(f"wrote {out}\nsha256 {digest}")
+
+
+def _evaluate(args, console):
+    from .eval.evaluate import evaluate, summary_table
+    from .runner import load_run
+
+    recipe, adapter, model = load_run(args.run_dir)
+    policies = args.policy or recipe.eval.policies
+    summary = evaluate(model, adapter, policies, args.output or args.run_dir / "eval",
+                       recipe.eval.batch_size, overlays=recipe.eval.overlays, console=console)
+    console.print(summary_table(summary, adapter.class_names, f"{args.run_dir}: test set"))
+
+
+def _predict(args, console):
+    from .predict import predict_files
+    from .runner import load_run
+
+    recipe, adapter, model = load_run(args.run_dir)
+    predict_files(model, recipe, adapter.class_names, args.inputs, args.output,
+                  overlays=not args.no_overlays, console=console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

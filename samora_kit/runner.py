@@ -1,0 +1,117 @@
+"""From a recipe to a trained and evaluated run folder; and back from a run folder."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from . import __version__
+from .data.slices import SliceDataset
+from .errors import CheckpointError, SamoraError
+from .eval.evaluate import evaluate, summary_table
+from .plugins import default_plugins
+from .recipe import dump_recipe, load_recipe, parse_recipe_text
+from .train.distributed import init_distributed, shutdown
+from .train.loop import train
+from .train.model import SegmentationModel, build_dataset, build_model
+from .train.runfolder import RECIPE_FILE, STATE_FILE, WEIGHTS_FILE, environment, write_run_files
+from .weights.io import load_weights
+
+
+def run_dir_of(recipe) -> Path:
+    return Path(recipe.run.output_dir) if recipe.run.output_dir else Path("runs") / recipe.run.name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
+        console: Console | None = None, show_progress: bool = True) -> Path:
+    console = console or Console()
+    plugins = default_plugins()
+    recipe = load_recipe(recipe_path, plugins.registry, overrides)
+    resolved = dump_recipe(recipe)
+    run_dir = run_dir_of(recipe)
+    _check_run_dir(run_dir, resolved, resume)
+    ctx = init_distributed(recipe.run.device)
+    try:
+        if ctx.is_main:
+            write_run_files(run_dir, resolved, environment(ctx.device, plugins.sources), argv)
+        seed_everything(recipe.run.seed)
+        adapter = build_dataset(recipe, plugins.registry)
+        volumes = [adapter.load_case(c) for c in adapter.cases("train")]
+        model = build_model(recipe, plugins.registry, adapter.num_classes)
+        dataset = SliceDataset(volumes, model.image_size, recipe.train.augment, recipe.run.seed,
+                               recipe.train.foreground_only)
+        if ctx.is_main:
+            console.print(f"[bold]{recipe.run.name}[/]: {len(volumes)} training volumes, {len(dataset)} slices, "
+                          f"{_count(model)} on {ctx.device}; run folder {run_dir}")
+        header = {"samora_kit_version": __version__, "recipe": resolved,
+                  "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
+        result = train(model, dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume, header,
+                       show_progress)
+        if ctx.is_main:
+            console.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
+                          f"weights {result.weights}")
+            summary = evaluate(model, adapter, recipe.eval.policies, run_dir / "eval",
+                               recipe.eval.batch_size, ctx.device, recipe.eval.overlays, console)
+            console.print(summary_table(summary, adapter.class_names, f"{recipe.run.name}: test set"))
+            console.print(f"reports: {run_dir / 'eval'}")
+    finally:
+        shutdown()
+    return run_dir
+
+
+def load_run(run_dir: Path, device: torch.device = torch.device("cpu")):
+    """Rebuild (recipe, dataset adapter, trained model) from a finished run folder."""
+    recipe_file = run_dir / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise SamoraError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
+    registry = default_plugins().registry
+    recipe = parse_recipe_text(recipe_file.read_text(), registry, str(recipe_file))
+    seed_everything(recipe.run.seed)
+    adapter = build_dataset(recipe, registry)
+    model = build_model(recipe, registry, adapter.num_classes)
+    load_model_weights(model, run_dir / WEIGHTS_FILE)
+    return recipe, adapter, model.to(device).eval()
+
+
+def load_model_weights(model: SegmentationModel, path: Path) -> None:
+    tensors, _ = load_weights(path)
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    unknown = [n for n in tensors if n not in params]
+    if missing or unknown:
+        raise CheckpointError(f"{path}: made for another model; missing {missing[:3]}, unexpected {unknown[:3]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if tensor.shape != params[name].shape:
+                raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
+                                      f"the model expects {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+
+
+def _check_run_dir(run_dir: Path, resolved: str, resume: bool) -> None:
+    saved = run_dir / RECIPE_FILE
+    if resume:
+        if not (run_dir / STATE_FILE).exists():
+            raise SamoraError(f"--resume: {run_dir / STATE_FILE} does not exist; nothing to resume")
+        if saved.exists() and saved.read_text() != resolved:
+            raise SamoraError(f"--resume: the recipe differs from {saved}; resume with the same "
+                              "recipe and overrides, or start a new run.output_dir")
+    elif (run_dir / STATE_FILE).exists() or (run_dir / WEIGHTS_FILE).exists():
+        raise SamoraError(f"{run_dir} already holds a run; pass --resume to continue it, or set "
+                          f"run.output_dir=... (or run.name=...) for a new one")
+
+
+def _count(model: torch.nn.Module) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)"

@@ -1,0 +1,44 @@
+"""Backbone + decoder assembled from a recipe; the same objects the Python API builds."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+from ..registry import Registry
+
+
+class SegmentationModel(torch.nn.Module):
+    def __init__(self, backbone: torch.nn.Module, decoder: torch.nn.Module):
+        super().__init__()
+        self.backbone, self.decoder = backbone, decoder
+        self.image_size = backbone.image_size
+        self.num_classes = decoder.num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """B,3,S,S in [0, 1] -> low-resolution logits B,K+1,4g,4g."""
+        return self.decoder(self.backbone(images))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Label maps B,S,S at input resolution."""
+        logits = self(images).float()
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.argmax(dim=1)
+
+    def weights_to_save(self) -> dict[str, torch.Tensor]:
+        """Trainable tensors, plus the frozen base when it came from no file (random init)."""
+        keep_all = getattr(self.backbone, "checkpoint_path", None) is None
+        return {n: p.detach() for n, p in self.named_parameters() if keep_all or p.requires_grad}
+
+
+def build_model(recipe: BaseModel, registry: Registry, num_classes: int) -> SegmentationModel:
+    backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone)
+    decoder = registry.get("decoder", recipe.decoder.name).build(recipe.decoder, backbone=backbone,
+                                                                 num_classes=num_classes)
+    return SegmentationModel(backbone, decoder)
+
+
+def build_dataset(recipe: BaseModel, registry: Registry):
+    return registry.get("dataset", recipe.data.name).build(recipe.data)

@@ -1,0 +1,73 @@
+"""A rich progress bar on a terminal, plain lines in logs and CI; metrics to jsonl + TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class TrainingProgress:
+    def __init__(self, total_steps: int, start_step: int, log_every: int, enabled: bool = True):
+        self.console = Console(stderr=True)
+        self.total, self.log_every, self.enabled = total_steps, log_every, enabled
+        self.interactive = enabled and sys.stderr.isatty()
+        self.started = time.monotonic()
+        self._bar = None
+        if self.interactive:
+            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                 console=self.console)
+            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, info="")
+            self._bar.start()
+
+    def update(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        info = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=f"epoch {epoch} {info}")
+        elif step % self.log_every == 0 or step == self.total:
+            rate = step / max(time.monotonic() - self.started, 1e-9)
+            print(f"step {step}/{self.total} epoch {epoch} {info} ({rate:.2f} steps/s)", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class MetricsLog:
+    """metrics.jsonl (append; lines past a resume point are dropped) and TensorBoard."""
+
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        if self.path.exists():
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        self._fh = open(self.path, "a")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._fh.write(json.dumps({"step": step, **values}) + "\n")
+        self._fh.flush()
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                self._tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._fh.close()
+            self._tb.close()
