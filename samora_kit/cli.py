@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import RecipeError, SamoraError
@@ -18,17 +19,23 @@ from .errors import RecipeError, SamoraError
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = ["samora-kit", *argv]
     console = Console()
     try:
         return args.func(args, console) or 0
     except RecipeError as exc:
-        Console(stderr=True).print(f"[red]invalid recipe[/] {exc}", markup=True, highlight=False)
-        return 2
+        return _report("invalid recipe", exc)
     except SamoraError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", markup=True, highlight=False)
-        return 2
+        return _report("error:", exc)
     except KeyboardInterrupt:
         return 130
+
+
+def _report(label: str, exc: Exception) -> int:
+    """Print a user error to stderr: escaped, since messages quote user values that may look like
+    rich markup ("[/x]"), and soft-wrapped, so paths are never folded at the console width."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]{label}[/] {escape(str(exc))}", highlight=False)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +92,7 @@ def _run(args, console):
         return subprocess.call(cmd + (["--resume"] if args.resume else []))
     from .runner import run
 
-    run(args.recipe, args.overrides, args.resume, ["samora-kit", "run", *map(str, sys.argv[2:])], console)
+    run(args.recipe, args.overrides, args.resume, args.argv, console)
 
 
 def _validate(args, console):
@@ -93,8 +100,9 @@ def _validate(args, console):
     from .recipe import dump_recipe, load_recipe
 
     recipe = load_recipe(args.recipe, default_plugins().registry, args.overrides)
-    console.print(f"[green]{args.recipe}: valid[/]; resolved recipe:")
-    console.print(dump_recipe(recipe), markup=False, highlight=False)
+    console.print(f"[green]{escape(str(args.recipe))}: valid[/]; resolved recipe:", soft_wrap=True)
+    # soft_wrap: folding long lines at the console width would turn the dump into invalid TOML
+    console.print(dump_recipe(recipe), markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def _plugins(args, console):
@@ -115,10 +123,11 @@ def _plugins(args, console):
         table.add_column(column)
     for kind, entries in listing.items():
         for name, info in entries.items():
-            table.add_row(kind, name, info["source"], info["summary"])
+            table.add_row(*map(escape, (kind, name, info["source"], info["summary"])))  # plugin text, not markup
     console.print(table)
     for f in failures:
-        console.print(f"[red]plugin {f['plugin']} ({f['distribution']}) failed to load:[/] {f['error']}")
+        console.print(f"[red]plugin {escape(f['plugin'])} ({escape(f['distribution'])}) failed to load:[/] "
+                      f"{escape(f['error'])}", soft_wrap=True)
     return 0
 
 

@@ -42,14 +42,14 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
     _check_run_dir(run_dir, resolved, resume)
     ctx = init_distributed(recipe.run.device)
     try:
-        if ctx.is_main:
-            write_run_files(run_dir, resolved, environment(ctx.device, plugins.sources), argv)
         seed_everything(recipe.run.seed)
         adapter = build_dataset(recipe, plugins.registry)
         volumes = [adapter.load_case(c) for c in adapter.cases("train")]
         model = build_model(recipe, plugins.registry, adapter.num_classes)
         dataset = SliceDataset(volumes, model.image_size, recipe.train.augment, recipe.run.seed,
                                recipe.train.foreground_only)
+        if ctx.is_main:  # only once data and model are known to be good
+            write_run_files(run_dir, resolved, environment(ctx.device, plugins.sources), argv)
         if ctx.is_main:
             console.print(f"[bold]{recipe.run.name}[/]: {len(volumes)} training volumes, {len(dataset)} slices, "
                           f"{_count(model)} on {ctx.device}; run folder {run_dir}")

@@ -1,0 +1,53 @@
+"""Seconds per test volume of a recipe's model (random weights): slice-wise prediction of whole
+volumes, stacked back, as `samora-kit evaluate` does it.
+
+    python benchmarks/infer.py recipes/samed.toml --device cpu --volume 32,224,224 --volumes 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import model_from_recipe, peak_memory_mib, synchronize
+
+from samora_kit.eval.inference import predict_volume
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", type=Path)
+    p.add_argument("overrides", nargs="*", help="key.path=value, as for samora-kit run")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--volume", default="64,512,512", help="Z,H,W of the random test volume "
+                   "(default: a Synapse-sized CT volume cut to 64 slices)")
+    p.add_argument("--volumes", type=int, default=3, help="timed volumes")
+    p.add_argument("--batch", type=int, default=None, help="slices per forward (default: eval.batch_size)")
+    p.add_argument("--num-classes", type=int, default=8)
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device)
+    shape = tuple(int(n) for n in args.volume.split(","))
+    volume = np.random.default_rng(0).random(shape, dtype=np.float32)
+    batch = args.batch or recipe.eval.batch_size
+    predict_volume(model, volume[:batch], batch, device)  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.volumes):
+        predict_volume(model, volume, batch, device)
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / args.volumes
+    memory_name, memory = peak_memory_mib(device)
+    print(f"recipe {args.recipe} ({recipe.backbone.name} {getattr(recipe.backbone, 'variant', '')} "
+          f"{model.image_size}px + {recipe.decoder.name}) on {device}, fp32, volume {shape}, "
+          f"{batch} slices per forward")
+    print(f"{seconds:.2f} s per volume  |  {shape[0] / seconds:.1f} slices/s  |  {memory_name} {memory:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Images/s and peak memory of one training step (forward, loss, backward, AdamW) of a recipe's
+model with random weights.
+
+    python benchmarks/train_step.py recipes/samed.toml --device cpu --batch 4 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import model_from_recipe, peak_memory_mib, synchronize
+
+from samora_kit.train.losses import DiceCELoss
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", type=Path)
+    p.add_argument("overrides", nargs="*", help="key.path=value, as for samora-kit run")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=None, help="default: the recipe's train.batch_size")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--num-classes", type=int, default=8)
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device)
+    batch = args.batch or recipe.train.batch_size
+    size = model.image_size
+    images = torch.rand(batch, 3, size, size, device=device)
+    labels = torch.randint(0, args.num_classes + 1, (batch, size // 4, size // 4), device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    loss_fn = DiceCELoss(args.num_classes)
+    bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+        low = torch.nn.functional.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")
+        loss = loss_fn(logits.float(), low[:, 0].long())["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    step_flops = sum(v for k, v in counter.get_flop_counts().get("Global", {}).items())
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    memory_name, memory = peak_memory_mib(device)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"recipe {args.recipe} ({recipe.backbone.name} {getattr(recipe.backbone, 'variant', '')} "
+          f"{size}px + {recipe.decoder.name}), {total / 1e6:.1f} M parameters, {len(params)} trainable tensors")
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+          f"batch {batch}, {'bf16 autocast' if bf16 else 'fp32'}, {args.steps} timed steps")
+    print(f"step {seconds * 1000:.1f} ms  |  {batch / seconds:.2f} images/s  |  "
+          f"{memory_name} {memory:.0f} MiB  |  {step_flops / seconds / 1e12:.2f} TFLOP/s achieved (whole step)")
+
+
+if __name__ == "__main__":
+    main()
