@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .data.slices import AugmentConfig
 from .errors import RecipeError
 from .registry import Registry, did_you_mean
 
-# recipe section -> registry kind
-COMPONENT_SECTIONS = {"backbone": "backbone", "decoder": "decoder", "data": "dataset"}
+# recipe key -> registry kind of the component it names
+COMPONENT_KEYS = {"backbone": "backbone", "decoder": "decoder", "data": "dataset", "fuser": "fuser",
+                  "pretext": "pretext", "teacher": "teacher"}
 
 
 class Strict(BaseModel):
@@ -62,36 +63,61 @@ class EvalSection(Strict):
     overlays: int = Field(4, ge=0)  # overlay PNGs written after evaluation
 
 
+class PretrainSection(Strict):
+    recipe: Path  # a stage-1 recipe whose experts fill backbone.experts.packs (run or reused)
+
+
+class CompareSection(Strict):
+    recipes: list[Path]  # baselines run (or reused) on the same data; tables printed side by side
+
+
+def component_type(registry: Registry, kind: str) -> Any:
+    """One pydantic type accepting every registered component of `kind`, chosen by `name`."""
+    variants = [create_model(f"{kind}_{spec.name}", __base__=spec.config_model, name=(Literal[spec.name], ...))
+                for spec in registry.specs(kind)]
+    if not variants:
+        return dict
+    if len(variants) == 1:
+        return variants[0]
+    return Annotated[Union[tuple(variants)], Field(discriminator="name")]
+
+
 def recipe_model(registry: Registry) -> type[BaseModel]:
     """The pydantic model of a recipe with the installed plugins' components."""
+    expert = create_model("ExpertEntry", __base__=Strict, name=(str, ...),
+                          pretext=(component_type(registry, "pretext"), ...),
+                          teacher=(Optional[component_type(registry, "teacher")], None))
+
+    def check_purpose(recipe):
+        if recipe.decoder is None and not recipe.experts:
+            raise ValueError("a recipe needs a [decoder] section (segmentation) or [[experts]] "
+                             "entries (stage-1 pre-training)")
+        names = [e.name for e in recipe.experts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experts: names {names} must be unique")
+        return recipe
+
     fields: dict[str, Any] = {
         "run": (RunSection, RunSection()),
         "plugins": (PluginsSection, PluginsSection()),
         "train": (TrainSection, TrainSection()),
         "eval": (EvalSection, EvalSection()),
+        "backbone": (component_type(registry, "backbone"), ...),
+        "data": (component_type(registry, "dataset"), ...),
+        "decoder": (Optional[component_type(registry, "decoder")], None),
+        "fuser": (Optional[component_type(registry, "fuser")], None),
+        "experts": (list[expert], []),
+        "pretrain": (Optional[PretrainSection], None),
+        "compare": (Optional[CompareSection], None),
     }
-    for section, kind in COMPONENT_SECTIONS.items():
-        variants = [create_model(f"{kind}_{spec.name}", __base__=spec.config_model,
-                                 name=(Literal[spec.name], ...))
-                    for spec in registry.specs(kind)]
-        if not variants:
-            fields[section] = (dict, ...)
-        elif len(variants) == 1:
-            fields[section] = (variants[0], ...)
-        else:
-            fields[section] = (Annotated[Union[tuple(variants)], Field(discriminator="name")], ...)
-    return create_model("Recipe", __base__=Strict, **fields)
+    return create_model("Recipe", __base__=Strict, __validators__={
+        "check_purpose": model_validator(mode="after")(check_purpose)}, **fields)
 
 
 def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ()):
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise RecipeError(str(path), ["no such recipe file"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
+    raw = _read_with_bases(path, [])
     problems = [p for item in overrides for p in _apply_override(raw, item)]
     recipe = None
     try:
@@ -102,6 +128,35 @@ def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ())
     if problems:
         raise RecipeError(str(path), problems)
     return recipe
+
+
+def _read_with_bases(path: Path, seen: list[Path]) -> dict:
+    """The recipe's tables merged over those of its `base` recipe (a path relative to it)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        where = f" (base of {seen[-1]})" if seen else ""
+        raise RecipeError(str(path), [f"no such recipe file{where}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise RecipeError(str(path), [f"base = {base!r} makes a cycle: {' -> '.join(map(str, seen))}"])
+    return _merge(_read_with_bases(base_path, [*seen, path.resolve()]), raw)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """Tables merge key by key; a table naming another component replaces the base's whole."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = base.get(key)
+        same_component = isinstance(below, dict) and below.get("name") == value.get("name", below.get("name")) \
+            if isinstance(value, dict) else False
+        merged[key] = _merge(below, value) if same_component else value
+    return merged
 
 
 def parse_recipe_text(text: str, registry: Registry, source: str = "<recipe>"):
@@ -147,31 +202,39 @@ def _check_plugins(raw: dict, registry: Registry) -> list[str]:
 
 
 def _describe(err: dict, raw: dict, registry: Registry) -> str:
-    loc = list(err["loc"])
-    if len(loc) > 1 and loc[0] in COMPONENT_SECTIONS and isinstance(raw.get(loc[0]), dict) \
-            and loc[1] == raw[loc[0]].get("name"):
-        del loc[1]  # drop pydantic's union tag from the key path
-    key = ".".join(str(p) for p in loc)
+    loc = _strip_tags(list(err["loc"]), raw)
+    key = ".".join(str(p) for p in loc) or "(recipe)"
     value = _lookup(raw, loc)
     shown = f" = {value!r}" if value is not _MISSING else ""
     kind = err["type"]
+    component = next((COMPONENT_KEYS[p] for p in reversed(loc) if p in COMPONENT_KEYS), None)
     if kind == "extra_forbidden":
-        siblings = _allowed_keys(raw, loc[:-1], registry)
+        model = _model_at(recipe_model(registry), loc[:-1], raw)
+        siblings = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
         return f"{key}{shown}: unknown key{did_you_mean(loc[-1], siblings)}"
-    if kind in ("union_tag_invalid", "literal_error") and loc and loc[-1] == "name" \
-            and loc[0] in COMPONENT_SECTIONS:
-        names = registry.names(COMPONENT_SECTIONS[loc[0]])
-        return (f"{key}{shown}: no {COMPONENT_SECTIONS[loc[0]]} of that name"
-                f"{did_you_mean(value, names)}; installed: {', '.join(names)}")
-    if kind == "union_tag_not_found":
-        names = registry.names(COMPONENT_SECTIONS[loc[0]])
-        return f"{key}.name: missing; expected one of {', '.join(names)}"
+    if kind in ("union_tag_invalid", "literal_error") and loc and loc[-1] == "name" and component:
+        names = registry.names(component)
+        return (f"{key}{shown}: no {component} of that name{did_you_mean(value, names)}; "
+                f"installed: {', '.join(names) or 'none'}")
+    if kind == "union_tag_not_found" and component:
+        return f"{key}.name: missing; expected one of {', '.join(registry.names(component))}"
     if kind == "missing":
         return f"{key}: required key is missing"
-    return f"{key}{shown}: {err['msg']}"
+    return f"{key}{shown}: {err['msg'].removeprefix('Value error, ')}"
 
 
 _MISSING = object()
+
+
+def _strip_tags(loc: list, raw: dict) -> list:
+    """Drop pydantic's union tags (a component's `name`) from an error location."""
+    out, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("name") == part:
+            continue
+        out.append(part)
+        node = _lookup(node, [part]) if node is not _MISSING else _MISSING
+    return out
 
 
 def _lookup(raw: Any, loc: list) -> Any:
@@ -186,25 +249,35 @@ def _lookup(raw: Any, loc: list) -> Any:
     return node
 
 
-def _allowed_keys(raw: dict, loc: list, registry: Registry) -> list[str]:
-    """Field names valid at `loc`, for did-you-mean hints."""
-    model: Any = recipe_model(registry)
-    for i, part in enumerate(loc):
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-        if i == 0 and part in COMPONENT_SECTIONS:
-            name = (raw.get(part) or {}).get("name")
-            try:
-                model = registry.get(COMPONENT_SECTIONS[part], name).config_model
-            except Exception:
-                return ["name"]
+def _model_at(model: Any, loc: list, raw: Any) -> Any:
+    """The config model that validates the table at `loc` (for did-you-mean hints)."""
+    node, value = model, raw
+    for part in loc:
+        node = _pick(node, value)
+        if isinstance(part, int):
+            node = get_args(node)[0] if get_origin(node) is list else None
+            value = _lookup(value, [part])
             continue
-        field = model.model_fields.get(part)
-        model = field.annotation if field else None
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        names = list(model.model_fields)
-        return names + (["name"] if len(loc) == 1 and loc[0] in COMPONENT_SECTIONS else [])
-    return []
+        if not (isinstance(node, type) and issubclass(node, BaseModel)) or part not in node.model_fields:
+            return None
+        node, value = node.model_fields[part].annotation, _lookup(value, [part])
+    return _pick(node, value)
+
+
+def _pick(annotation: Any, value: Any) -> Any:
+    """Unwrap Annotated/Optional/Union, choosing the union member named by value['name']."""
+    if get_origin(annotation) is Annotated:
+        return _pick(get_args(annotation)[0], value)
+    if get_origin(annotation) is Union:
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        name = value.get("name") if isinstance(value, dict) else None
+        for m in members:
+            m = _pick(m, value)
+            if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields \
+                    and get_args(m.model_fields["name"].annotation) == (name,):
+                return m
+        return _pick(members[0], value) if len(members) == 1 else annotation
+    return annotation
 
 
 def _drop_none(node):

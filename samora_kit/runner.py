@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -12,14 +13,16 @@ from rich.console import Console
 from . import __version__
 from .data.slices import SliceDataset
 from .errors import CheckpointError, SamoraError
-from .eval.evaluate import evaluate, summary_table
+from .eval.evaluate import comparison_table, evaluate, summary_table
 from .plugins import default_plugins
+from .pretrain import pretrain_experts
 from .recipe import dump_recipe, load_recipe, parse_recipe_text
 from .train.distributed import init_distributed, shutdown
 from .train.loop import train
-from .train.model import SegmentationModel, build_dataset, build_model
+from .train.losses import DiceCELoss
+from .train.model import SegmentationModel, SegmentationObjective, build_dataset, build_model
 from .train.runfolder import RECIPE_FILE, STATE_FILE, WEIGHTS_FILE, environment, write_run_files
-from .weights.io import load_weights
+from .weights.io import load_weights, save_weights
 
 
 def run_dir_of(recipe) -> Path:
@@ -37,10 +40,17 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
     console = console or Console()
     plugins = default_plugins()
     recipe = load_recipe(recipe_path, plugins.registry, overrides)
+    ctx = init_distributed(recipe.run.device)
+    if recipe.experts:
+        try:
+            return _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress)
+        finally:
+            shutdown()
+    if recipe.pretrain is not None:
+        _fill_packs_from_pretraining(recipe, plugins, ctx, console, show_progress)
     resolved = dump_recipe(recipe)
     run_dir = run_dir_of(recipe)
     _check_run_dir(run_dir, resolved, resume)
-    ctx = init_distributed(recipe.run.device)
     try:
         seed_everything(recipe.run.seed)
         adapter = build_dataset(recipe, plugins.registry)
@@ -55,18 +65,69 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
                           f"{_count(model)} on {ctx.device}; run folder {run_dir}")
         header = {"samora_kit_version": __version__, "recipe": resolved,
                   "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
-        result = train(model, dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume, header,
+        objective = SegmentationObjective(model, DiceCELoss(adapter.num_classes, recipe.train.ce_weight,
+                                                            recipe.train.dice_weight))
+        result = train(objective, dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume, header,
                        show_progress)
         if ctx.is_main:
-            console.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
-                          f"weights {result.weights}")
+            weights = save_weights(run_dir / WEIGHTS_FILE, model.weights_to_save(),
+                                   {**header, "kind": "model-weights", "step": result.steps})
+            console.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; weights {weights}")
             summary = evaluate(model, adapter, recipe.eval.policies, run_dir / "eval",
                                recipe.eval.batch_size, ctx.device, recipe.eval.overlays, console)
             console.print(summary_table(summary, adapter.class_names, f"{recipe.run.name}: test set"))
             console.print(f"reports: {run_dir / 'eval'}")
     finally:
         shutdown()
+    if recipe.compare is not None and ctx.is_main:
+        _compare(recipe, summary, adapter.class_names, plugins, argv, console, show_progress, ctx)
     return run_dir
+
+
+def _compare(recipe, summary, class_names, plugins, argv, console, show_progress, ctx) -> None:
+    """Run (or reuse) each baseline recipe and print its scores beside this run's."""
+    if ctx.world_size > 1:
+        console.print("[yellow]compare: skipped under torchrun; run the baselines on their own[/]")
+        return
+    summaries = {recipe.run.name: summary}
+    for path in recipe.compare.recipes:
+        other = load_recipe(path, plugins.registry)
+        other_dir = run_dir_of(other)
+        report = other_dir / "eval" / "summary.json"
+        finished = report.exists() and (other_dir / RECIPE_FILE).read_text() == dump_recipe(other)
+        if finished:
+            console.print(f"compare: reusing the finished run {other_dir}")
+        else:
+            run(path, [], (other_dir / STATE_FILE).exists(), argv, console, show_progress)
+        summaries[other.run.name] = json.loads(report.read_text())
+    for policy in recipe.eval.policies:
+        console.print(comparison_table(summaries, class_names, policy))
+
+
+def _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress) -> Path:
+    run_dir = run_dir_of(recipe)
+    if ctx.is_main:
+        write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
+    packs = pretrain_experts(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress)
+    if ctx.is_main:
+        console.print("expert packs:\n" + "\n".join(f"  {name}: {path}" for name, path in packs.items()))
+    return run_dir
+
+
+def _fill_packs_from_pretraining(recipe, plugins, ctx, console, show_progress) -> None:
+    """Run (or reuse) the stage-1 recipe named in [pretrain]; its packs fill backbone.experts.packs."""
+    experts = getattr(recipe.backbone, "experts", None)
+    if experts is None:
+        raise SamoraError("[pretrain] is set but backbone.experts is not: name the experts to fuse")
+    stage1 = load_recipe(recipe.pretrain.recipe, plugins.registry)
+    missing = [n for n in experts.names if n not in {e.name for e in stage1.experts} and n not in experts.packs]
+    if missing:
+        raise SamoraError(f"backbone.experts.names {missing} are neither in {recipe.pretrain.recipe}'s "
+                          "[[experts]] nor given in backbone.experts.packs")
+    needed = [n for n in experts.names if n not in experts.packs]
+    packs = pretrain_experts(stage1, plugins.registry, run_dir_of(stage1), ctx, False, console, show_progress,
+                             only=needed)
+    experts.packs = {**{n: packs[n] for n in needed}, **experts.packs}
 
 
 def load_run(run_dir: Path, device: torch.device = torch.device("cpu")):

@@ -26,7 +26,7 @@ from samora_kit.weights.io import load_weights
 from .synthetic import tiny_recipe, write_decathlon
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+RECIPES = sorted((REPO / "recipes").rglob("*.toml"))
 _SCRIPT = shutil.which("samora-kit", path=str(Path(sys.executable).parent))
 SAMORA_KIT = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "samora_kit.cli"]
 
@@ -185,7 +185,9 @@ def test_plugins_table_runs(capsys):
 def _components(schema: dict, section: str) -> dict[str, dict]:
     """{component name: its JSON schema} of a recipe section, one component or a tagged union."""
     prop = schema["properties"][section]
-    refs = [prop["$ref"]] if "$ref" in prop else [item["$ref"] for item in prop["oneOf"]]
+    refs = []
+    for option in prop.get("anyOf", [prop]):  # optional sections are anyOf [component, null]
+        refs += [option["$ref"]] if "$ref" in option else [i["$ref"] for i in option.get("oneOf", [])]
     defs = [schema["$defs"][ref.rsplit("/", 1)[1]] for ref in refs]
     return {d["properties"]["name"]["const"]: d for d in defs}
 

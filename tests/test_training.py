@@ -82,7 +82,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(tmp_path, m
     from samora_kit.recipe import load_recipe
     from samora_kit.train.distributed import DistContext
     from samora_kit.train.loop import train
-    from samora_kit.train.model import build_dataset, build_model
+    from samora_kit.train.losses import DiceCELoss
+    from samora_kit.train.model import SegmentationObjective, build_dataset, build_model
 
     registry = default_registry()
     recipe = load_recipe(_recipe(tmp_path, "nan"), registry)
@@ -100,7 +101,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(tmp_path, m
     monkeypatch.setattr(model.decoder, "forward", poisoned)
     run_dir = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
-        train(model, dataset, recipe.train, 7, run_dir, DistContext(), show_progress=False)
+        train(SegmentationObjective(model, DiceCELoss(adapter.num_classes)), dataset, recipe.train, 7,
+              run_dir, DistContext(), show_progress=False)
     state, header = load_weights(run_dir / "checkpoints" / "last.safetensors")
     assert header["step"] == 2
     assert all(torch.isfinite(t).all() for t in state.values())

@@ -17,11 +17,14 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 from pydantic import Field
 
 from samora_kit.data.intensity import IntensityConfig, normalise
 from samora_kit.data.nifti import read_nifti
 from samora_kit.data.selection import CaseSelection
+from samora_kit.data.slices import slice_to_model_input
 from samora_kit.data.volume import Volume
 from samora_kit.errors import DataError
 from samora_kit.registry import ComponentConfig, did_you_mean
@@ -72,6 +75,12 @@ class Mni152Demo(SplitCases):
                       spacing=self.spacing, source=str(self.root / FILES["t1"]),
                       meta={"slices": (start, stop), "template": "MNI152 2009a symmetric, one template brain"})
 
+    def slice_dataset(self, image_size: int) -> "TemplateSlices":
+        """Label-free slices of every slab except the test slabs, for stage-1 pre-training."""
+        test = set(self.cases("test"))
+        return TemplateSlices([self.image[start:start + self.config.slab_slices]
+                               for slab, start in self.slabs.items() if slab not in test], image_size)
+
     def _load_template(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
         factors = (self.config.slice_downsample, self.config.downsample, self.config.downsample)
         arrays, spacing = {}, (1.0, 1.0, 1.0)
@@ -88,6 +97,23 @@ class Mni152Demo(SplitCases):
         size = self.config.slab_slices
         return {f"slab{k:02d}": k * size for k in range(self.label.shape[0] // size)
                 if (self.label[k * size:(k + 1) * size] > 0).mean() >= MIN_BRAIN_FRACTION}
+
+
+class TemplateSlices(Dataset):
+    """Images only (3,S,S in [0, 1]), one per slice of the given Z,H,W blocks."""
+
+    def __init__(self, blocks: list[np.ndarray], image_size: int):
+        self.slices = [z_slice for block in blocks for z_slice in block]
+        self.image_size = image_size
+
+    def set_epoch(self, epoch: int) -> None:  # items do not depend on the epoch
+        pass
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return slice_to_model_input(self.slices[i], self.image_size)
 
 
 def build_mni152_demo(config: Mni152DemoConfig) -> Mni152Demo:

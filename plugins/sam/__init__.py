@@ -1,13 +1,15 @@
-"""SAM ViT image encoder (B/L/H and a tiny test size) with SAMed-style LoRA."""
+"""SAM ViT image encoder (B/L/H and a tiny test size) with SAMed-style LoRA or fused LoRA experts."""
 
 from samora_kit.hookspecs import hookimpl
 
 from .backbone import SamBackbone, build_image_encoder, build_sam_backbone
-from .config import SAM_PRESETS, LoRAConfig, SamBackboneConfig, SamPreset
+from .config import SAM_PRESETS, ExpertsConfig, LoRAConfig, SamBackboneConfig, SamPreset
+from .experts import ExpertFusedBlock, ExpertsQKV, sam_attention_sdpa, sdpa_attention
 from .lora import LoRAQKV
 
-__all__ = ["SAM_PRESETS", "LoRAConfig", "LoRAQKV", "SamBackbone", "SamBackboneConfig", "SamPreset",
-           "build_image_encoder", "build_sam_backbone"]
+__all__ = ["SAM_PRESETS", "ExpertFusedBlock", "ExpertsConfig", "ExpertsQKV", "LoRAConfig", "LoRAQKV", "SamBackbone",
+           "SamBackboneConfig", "SamPreset", "build_image_encoder", "build_sam_backbone", "sam_attention_sdpa",
+           "sdpa_attention"]
 
 
 @hookimpl

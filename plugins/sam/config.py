@@ -47,12 +47,40 @@ class LoRAConfig(ComponentConfig):
         return targets
 
 
+class ExpertsConfig(ComponentConfig):
+    """Stage 2: K frozen LoRA experts in every LoRA block, combined by a fuser.
+
+    The experts' LoRA shape (rank, targets, blocks) is the backbone's `lora` section."""
+
+    names: list[str] = Field(min_length=1)  # fuser order: deltas[i] is expert names[i]
+    packs: dict[str, Path] = Field(default_factory=dict)  # name -> pack; others start fresh (B = 0)
+    scope: Literal["attention", "block"] = "attention"
+
+    @field_validator("names")
+    @classmethod
+    def _unique_names(cls, names: list[str]) -> list[str]:
+        if any(not n for n in names):
+            raise ValueError("experts.names holds an empty name")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"experts.names {names} repeats {dupes[0]!r}; each expert needs its own name")
+        return names
+
+    @model_validator(mode="after")
+    def _packs_are_named_experts(self) -> "ExpertsConfig":
+        unknown = [n for n in self.packs if n not in self.names]
+        if unknown:
+            raise ValueError(f"experts.packs names {unknown[0]!r}, which is not in experts.names {self.names}")
+        return self
+
+
 class SamBackboneConfig(ComponentConfig):
     variant: SamVariant = "vit_b"
     image_size: int = 224
     checkpoint: Path | None = None  # safetensors made by `import_sam_checkpoint`
     checkpoint_sha256: str | None = None
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    experts: ExpertsConfig | None = None  # None: one trainable LoRA (SAMed, stage 1)
 
     @field_validator("image_size")
     @classmethod

@@ -11,16 +11,20 @@ from torch import nn
 QKV_ORDER = ("q", "k", "v")  # layout of SAM's fused attn.qkv output
 
 
+def check_fused_qkv(qkv: nn.Linear, targets: Sequence[str]) -> None:
+    """SAM's attention keeps q, k and v in one Linear(C, 3C); LoRA targets are some of them."""
+    if qkv.out_features != 3 * qkv.in_features:
+        raise ValueError(f"expected a fused qkv Linear(C, 3C), got Linear({qkv.in_features}, {qkv.out_features})")
+    if not targets or set(targets) - set(QKV_ORDER):
+        raise ValueError(f"LoRA targets must be a non-empty subset of q, k, v; got {list(targets)}")
+
+
 class LoRAQKV(nn.Module):
     """Frozen fused qkv Linear plus B_t(A_t(x)) added to the slice of each target t."""
 
     def __init__(self, qkv: nn.Linear, rank: int = 4, targets: Sequence[str] = ("q", "v")) -> None:
         super().__init__()
-        if qkv.out_features != 3 * qkv.in_features:
-            raise ValueError(f"expected a fused qkv Linear(C, 3C), got Linear({qkv.in_features}, {qkv.out_features})")
-        unknown = set(targets) - set(QKV_ORDER)
-        if unknown or not targets:
-            raise ValueError(f"LoRA targets must be a non-empty subset of q, k, v; got {list(targets)}")
+        check_fused_qkv(qkv, targets)
         self.base = qkv.requires_grad_(False)
         self.rank = rank
         self.targets = tuple(t for t in QKV_ORDER if t in targets)

@@ -63,7 +63,23 @@ def summary_table(summary: dict, class_names: list[str], title: str = "test set"
             entry = s["mean"] if name == "mean" else s["classes"][name]
             cells += [_pm(entry, "dice", 100), _pm(entry, "hd95", 1)]
         table.add_row(name, *cells)
-    table.caption = "; ".join(f"{p}: {s['policy_description']}" for p, s in summary.items())
+    table.caption = " ".join(s["policy_description"] for s in summary.values())
+    return table
+
+
+def comparison_table(summaries: dict[str, dict], class_names: list[str], policy: str) -> Table:
+    """Models side by side under one policy; each cell is Dice % | HD95, mean ± std over volumes."""
+    unit = "vox" if policy == "transunet" else "mm"
+    table = Table(title=f"test set, {policy} policy: Dice % | HD95 {unit}")
+    table.add_column("class")
+    for name in summaries:
+        table.add_column(name, justify="right", overflow="fold")
+    for cls in class_names + ["mean"]:
+        cells = []
+        for s in summaries.values():
+            entry = s[policy]["mean"] if cls == "mean" else s[policy]["classes"][cls]
+            cells.append(f"{_pm(entry, 'dice', 100)} | {_pm(entry, 'hd95', 1)}")
+        table.add_row(cls, *cells)
     return table
 
 

@@ -13,18 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..data.slices import SliceDataset
 from ..errors import SamoraError, TrainingDiverged
-from ..weights.io import save_weights
 from .checkpoint import load_training_state, save_training_state
 from .distributed import DistContext, any_rank, average_gradients
-from .losses import DiceCELoss
-from .model import SegmentationModel
 from .progress import MetricsLog, TrainingProgress
-from .runfolder import STATE_FILE, WEIGHTS_FILE
+from .runfolder import STATE_FILE
 from .schedule import samed_lr
 
 KILL_AT_STEP = "SAMORA_KIT_TEST_KILL_AT_STEP"  # tests: SIGKILL ourselves after this step
@@ -34,7 +29,6 @@ KILL_AT_STEP = "SAMORA_KIT_TEST_KILL_AT_STEP"  # tests: SIGKILL ourselves after 
 class TrainResult:
     steps: int
     final_loss: float
-    weights: Path
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -42,9 +36,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def train(model: SegmentationModel, dataset: SliceDataset, train_cfg, seed: int, run_dir: Path,
+def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Path,
           ctx: DistContext, resume: bool = False, header: dict | None = None,
           show_progress: bool = True) -> TrainResult:
+    """Train `objective`'s trainable parameters; `objective(*batch)` returns a dict with `loss`
+    (plus scalars to log). `dataset` yields batches (tuples or tensors) and has set_epoch()."""
     global_batch = train_cfg.batch_size
     if global_batch % ctx.world_size:
         raise SamoraError(f"train.batch_size = {global_batch} must be divisible by the "
@@ -57,17 +53,16 @@ def train(model: SegmentationModel, dataset: SliceDataset, train_cfg, seed: int,
     total = min(total, train_cfg.max_steps) if train_cfg.max_steps else total
     local_batch = global_batch // ctx.world_size
 
-    model.to(ctx.device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    objective.to(ctx.device)
+    params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, betas=train_cfg.betas,
                                   weight_decay=train_cfg.weight_decay)
-    loss_fn = DiceCELoss(model.num_classes, train_cfg.ce_weight, train_cfg.dice_weight)
     state_path = run_dir / STATE_FILE
     step = 0
     if resume:
         if not state_path.exists():
             raise SamoraError(f"--resume: {state_path} does not exist; nothing to resume")
-        step = load_training_state(state_path, model, optimizer)["step"]
+        step = load_training_state(state_path, objective, optimizer)["step"]
     header = {**(header or {}), "steps_per_epoch": steps_per_epoch}
     use_bf16 = train_cfg.amp == "bf16" or (train_cfg.amp == "auto" and ctx.device.type == "cuda")
     kill_at = int(os.environ.get(KILL_AT_STEP, "0"))
@@ -76,22 +71,19 @@ def train(model: SegmentationModel, dataset: SliceDataset, train_cfg, seed: int,
     log = MetricsLog(run_dir, step, enabled=ctx.is_main)
     loss_value = math.nan
     try:
-        model.train()
+        objective.train()
         while step < total:
             epoch, position = divmod(step, steps_per_epoch)
-            for images, labels in _epoch_batches(dataset, seed, epoch, position, steps_per_epoch,
-                                                 global_batch, local_batch, ctx.rank,
-                                                 train_cfg.num_workers):
+            for batch in _epoch_batches(dataset, seed, epoch, position, steps_per_epoch,
+                                        global_batch, local_batch, ctx.rank, train_cfg.num_workers):
                 if step >= total:
                     break
-                images, labels = images.to(ctx.device), labels.to(ctx.device)
+                batch = [t.to(ctx.device) for t in (batch if isinstance(batch, (list, tuple)) else [batch])]
                 lr = samed_lr(step, train_cfg.lr, train_cfg.warmup_iters, total, train_cfg.poly_power)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(images)
-                low_res = F.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")
-                losses = loss_fn(logits.float(), low_res[:, 0].long())
+                    losses = objective(*batch)
                 if any_rank(not torch.isfinite(losses["loss"]).item(), ctx):
                     raise TrainingDiverged(
                         f"loss became {losses['loss'].item()} at step {step} (epoch {epoch}); training "
@@ -103,20 +95,17 @@ def train(model: SegmentationModel, dataset: SliceDataset, train_cfg, seed: int,
                 optimizer.step()
                 step += 1
                 loss_value = losses["loss"].item()
-                values = {"loss": loss_value, "ce": losses["ce"].item(), "dice": losses["dice"].item(), "lr": lr}
+                values = {k: float(v.detach()) for k, v in losses.items()} | {"lr": lr}
                 progress.update(step, epoch, values)
                 log.write(step, {**values, "epoch": epoch})
                 if ctx.is_main and (step % train_cfg.checkpoint_every == 0 or step == total):
-                    save_training_state(state_path, model, optimizer, {**header, "step": step})
+                    save_training_state(state_path, objective, optimizer, {**header, "step": step})
                 if step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
     finally:
         progress.close()
         log.close()
-    weights = run_dir / WEIGHTS_FILE
-    if ctx.is_main:
-        save_weights(weights, model.weights_to_save(), {**header, "kind": "model-weights", "step": step})
-    return TrainResult(step, loss_value, weights)
+    return TrainResult(step, loss_value)
 
 
 def _epoch_batches(dataset, seed, epoch, position, steps_per_epoch, global_batch, local_batch, rank,

@@ -33,8 +33,26 @@ class SegmentationModel(torch.nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if keep_all or p.requires_grad}
 
 
+class SegmentationObjective(torch.nn.Module):
+    """What the loop trains for segmentation: logits at 4x the grid vs nearest-downsampled labels."""
+
+    def __init__(self, model: SegmentationModel, loss: torch.nn.Module):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.model(images)
+        low_res = F.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")
+        return self.loss(logits.float(), low_res[:, 0].long())
+
+
 def build_model(recipe: BaseModel, registry: Registry, num_classes: int) -> SegmentationModel:
-    backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone)
+    context = {}
+    if recipe.fuser is not None:
+        spec = registry.get("fuser", recipe.fuser.name)
+        context["fuser"] = lambda dim, num_heads, expert_names: spec.build(
+            recipe.fuser, dim=dim, num_heads=num_heads, expert_names=expert_names)
+    backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone, **context)
     decoder = registry.get("decoder", recipe.decoder.name).build(recipe.decoder, backbone=backbone,
                                                                  num_classes=num_classes)
     return SegmentationModel(backbone, decoder)

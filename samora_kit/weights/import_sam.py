@@ -5,7 +5,6 @@ The `torch.load` below is the only pickle load in samora-kit, and it is weights-
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from .. import __version__
 from ..errors import CheckpointError
 from .io import atomic_write_text, load_weights, save_weights, sha256_of, verify_sha256
+from .pth import load_pth_state_dict
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 PATCH_KEY = "image_encoder.patch_embed.proj.weight"
@@ -78,18 +78,7 @@ def infer_variant(state: dict[str, torch.Tensor], src: Path) -> str:
 
 
 def _load_state_dict(src: Path) -> dict[str, torch.Tensor]:
-    if not src.is_file():
-        raise CheckpointError(f"{src}: no such checkpoint file; expected {EXPECTED}")
-    try:
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and format errors all mean "not a weights-only checkpoint"
-        raise CheckpointError(f"{src}: cannot be loaded as a weights-only PyTorch checkpoint "
-                              f"({_reason(exc)}); expected {EXPECTED}") from None
-    for nest in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(nest), dict):
-            obj = obj[nest]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{src}: holds a {type(obj).__name__}, expected {EXPECTED}")
+    obj = load_pth_state_dict(src, EXPECTED)
     state = {k: v for k, v in obj.items() if isinstance(k, str) and k.startswith(SAM_PREFIXES)}
     missing = [k for k in (PATCH_KEY, POS_KEY, "image_encoder.blocks.0.attn.qkv.weight") if k not in state]
     missing += [f"{p}*" for p in SAM_PREFIXES[1:] if not any(k.startswith(p) for k in state)]
@@ -99,13 +88,6 @@ def _load_state_dict(src: Path) -> dict[str, torch.Tensor]:
     if not_tensors:
         raise CheckpointError(f"{src}: {not_tensors[0]} is not a tensor; expected {EXPECTED}")
     return state
-
-
-def _reason(exc: Exception) -> str:
-    message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    if "Unsupported global" in message:
-        return "it pickles Python objects other than tensors and containers"
-    return f"not a PyTorch checkpoint, or a corrupted one: {type(exc).__name__}"
 
 
 def _depth(state: dict[str, torch.Tensor]) -> int:

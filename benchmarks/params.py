@@ -1,0 +1,39 @@
+"""Parameter counts of recipes' models (random weights, no files read), next to the paper's
+Table 3 where it has the model.
+
+    python benchmarks/params.py recipes/samed.toml recipes/samora.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from common import model_from_recipe
+
+# SAMora paper, Table 3: total parameters (M) as the authors report them
+PAPER_TABLE_3 = {"samed": 108.8, "samora": 118.5, "samed2": 99.1, "samora2": 109.7, "h_sam": 112.3, "h_samora": 122.0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", type=Path, nargs="+")
+    p.add_argument("--num-classes", type=int, default=8)
+    args = p.parse_args()
+    print(f"{'recipe':28s} {'total M':>9s} {'trainable M':>12s} {'encoder M':>10s} {'fusers M':>9s} "
+          f"{'decoder M':>10s} {'paper total M':>14s}")
+    for path in args.recipes:
+        _, model = model_from_recipe(path, [], args.num_classes, torch.device("cpu"))
+        count = lambda module, trainable=False: sum(  # noqa: E731
+            p.numel() for p in module.parameters() if p.requires_grad or not trainable) / 1e6
+        fusers = sum(p.numel() for n, p in model.backbone.named_parameters() if ".fuser." in n) / 1e6
+        paper = PAPER_TABLE_3.get(path.stem)
+        print(f"{str(path):28s} {count(model):9.2f} {count(model, True):12.2f} "
+              f"{count(model.backbone) - fusers:10.2f} {fusers:9.2f} {count(model.decoder):10.2f} "
+              f"{paper if paper is not None else '-':>14}")
+
+
+if __name__ == "__main__":
+    main()

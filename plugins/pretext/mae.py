@@ -1,0 +1,97 @@
+"""Patch-level pretext task (EfficientSAM's SAMI, adapted): distil an MAE teacher's token features.
+
+75 % of the 16-px patches are blanked in the image (set to the image's mean, or to 0); SAM + LoRA sees the
+masked image, and a per-token head on SAM's pre-neck tokens (patch_embed + pos_embed + blocks; the neck's 3x3
+conv would mix neighbouring tokens) predicts the teacher's token features of the *unmasked* image at every
+position. Loss: MSE over all positions by default (visible tokens keep their content aligned with the
+teacher, masked ones must be inferred from context), or over the masked positions only (`loss_on`).
+
+Alignment: student and teacher tokens are paired by grid index (i, j) — no gathering or shuffling — and both
+grids are S/16 x S/16 row-major over the same S-px input, so pair (i, j) covers the same 16x16 pixels.
+(The authors' code compared index-ordered student tokens with shuffle-ordered teacher tokens.)
+
+Without a teacher (the "scratch" ablation): MAE's objective on the student, the head predicts the 16x16x3
+pixels of each masked patch, standardised per patch (norm_pix_loss), MSE over the masked patches only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from samora_kit.errors import SamoraError
+from samora_kit.registry import ComponentConfig
+
+from .losses import normalized_patch_targets
+from .task_base import PretextTaskBase, mlp_head
+from .tokens import blank_patches, patchify, random_patch_mask, sam_encoder_tokens
+
+SAM_PATCH = 16
+
+
+class MAEPretextConfig(ComponentConfig):
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    fill: Literal["mean", "zero"] = "mean"  # what masked patches are blanked with
+    loss_on: Literal["all", "masked"] = "all"  # with a teacher; without one the loss is on masked patches
+    hidden_dim: int = Field(2048, ge=1)  # per-token head MLP width
+
+
+class MAEPretext(PretextTaskBase):
+    """images B,3,S,S in [0, 1] -> {"loss", "masked_loss", "visible_loss" (with teacher)}."""
+
+    def __init__(self, config: MAEPretextConfig, backbone: nn.Module, teacher: nn.Module | None) -> None:
+        super().__init__(backbone, teacher)
+        self.config = config
+        self.grid = backbone.embed_grid
+        width = backbone.encoder.patch_embed.proj.out_channels  # SAM's pre-neck token width
+        if teacher is not None:
+            self._check_teacher_grid(teacher, backbone)
+            dim_out = self.probe_teacher()[-1]
+        else:
+            dim_out = SAM_PATCH * SAM_PATCH * 3
+        self.head = mlp_head(width, config.hidden_dim, dim_out)
+
+    def _check_teacher_grid(self, teacher: nn.Module, backbone: nn.Module) -> None:
+        size, patch = getattr(teacher, "image_size", None), getattr(teacher, "patch_size", None)
+        if (size, patch) not in ((None, None), (backbone.image_size, SAM_PATCH)):
+            raise SamoraError(
+                f"the mae task pairs teacher and SAM tokens position by position, so the teacher must use "
+                f"{SAM_PATCH}-px patches on {backbone.image_size}-px images like the backbone; it uses "
+                f"{patch}-px patches on {size}-px images (set the teacher's image_size to {backbone.image_size})")
+        shape = tuple(self.probe_teacher())
+        if len(shape) != 4 or shape[1:3] != (self.grid, self.grid):
+            raise SamoraError(f"the mae task needs teacher token features B,{self.grid},{self.grid},D (the SAM "
+                              f"grid), but the teacher returns {shape}; use a patch-level teacher such as mae_vit")
+
+    def predict_tokens(self, masked_images: torch.Tensor) -> torch.Tensor:
+        """Student: masked images B,3,S,S -> per-token predictions B, g, g, D."""
+        return self.head(sam_encoder_tokens(self.backbone, masked_images))
+
+    def target_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher: unmasked images B,3,S,S -> token features B, g, g, D (no gradient)."""
+        with torch.no_grad():
+            return self.teacher(images).float()
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        mask = random_patch_mask(images.shape[0], self.grid, self.config.mask_ratio, images.device)  # B, g, g
+        pred = self.predict_tokens(blank_patches(images, mask, SAM_PATCH, self.config.fill))  # B, g, g, D
+        if self.teacher is None:
+            target = normalized_patch_targets(patchify(images, SAM_PATCH))  # B, g, g, 16*16*3
+            loss = (pred - target).pow(2).mean(dim=-1)[mask].mean()
+            return {"loss": loss, "masked_loss": loss.detach()}
+        per_token = (pred - self.target_tokens(images)).pow(2).mean(dim=-1)  # B, g, g: pairs (i, j) <-> (i, j)
+        masked, visible = per_token[mask].mean(), per_token[~mask].mean()
+        loss = per_token.mean() if self.config.loss_on == "all" else masked
+        return {"loss": loss, "masked_loss": masked.detach(), "visible_loss": visible.detach()}
+
+
+def build_mae_pretext(config: MAEPretextConfig, *, backbone, teacher: nn.Module | None = None) -> MAEPretext:
+    """Patch-level expert: SAM tokens of the masked image -> MAE teacher tokens of the full image (MSE)."""
+    return MAEPretext(config, backbone, teacher)
+
+
+def register(registry) -> None:
+    registry.add("pretext", "mae", MAEPretextConfig, build_mae_pretext, example={"hidden_dim": 64})

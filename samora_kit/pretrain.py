@@ -1,0 +1,94 @@
+"""SAMora stage 1: one self-supervised LoRA expert per [[experts]] entry, each saved as an
+expert pack. Finished experts (and teachers' continual pre-training) are reused, not recomputed,
+as long as the parts of the recipe that made them are unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.console import Console
+
+from . import __version__
+from .errors import SamoraError
+from .train.distributed import DistContext
+from .train.loop import train
+from .weights.expert_pack import save_expert_pack
+from .weights.io import read_header, save_weights
+
+EXPERTS_DIR, TEACHERS_DIR, STAGES_DIR = "experts", "teachers", "stages"
+
+
+def fingerprint(*parts: BaseModel | dict | list | str) -> str:
+    """A short hash of recipe parts: equal hashes mean an artefact can be reused."""
+    plain = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrain_experts(recipe, registry, run_dir: Path, ctx: DistContext, resume: bool = False,
+                     console: Console | None = None, show_progress: bool = True,
+                     only: list[str] | None = None) -> dict[str, Path]:
+    """Train (or reuse) the experts of a stage-1 recipe (all, or those named in `only`);
+    returns {expert name: pack path}."""
+    console = console or Console()
+    adapter = registry.get("dataset", recipe.data.name).build(recipe.data)
+    if not hasattr(adapter, "slice_dataset"):
+        raise SamoraError(f"data.name = {recipe.data.name!r} gives labelled volumes; stage-1 pre-training "
+                          "needs an unlabelled image source such as 'unlabelled_pool'")
+    data_id = fingerprint(recipe.data, adapter.cases("train"))
+    packs: dict[str, Path] = {}
+    for entry in [e for e in recipe.experts if only is None or e.name in only]:
+        key = fingerprint(recipe.backbone, recipe.train, recipe.run.seed, data_id, entry)
+        pack_path = run_dir / EXPERTS_DIR / f"{entry.name}.safetensors"
+        if pack_path.exists() and read_header(pack_path).get("recipe_fingerprint") == key:
+            console.print(f"expert [bold]{entry.name}[/]: reusing {pack_path}")
+            packs[entry.name] = pack_path
+            continue
+        from .runner import seed_everything  # late: runner imports this module
+
+        seed_everything(recipe.run.seed)
+        backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone)
+        dataset = adapter.slice_dataset(backbone.image_size)
+        teacher = _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, show_progress)
+        task = registry.get("pretext", entry.pretext.name).build(entry.pretext, backbone=backbone, teacher=teacher)
+        console.print(f"expert [bold]{entry.name}[/]: {entry.pretext.name} on {len(dataset)} unlabelled slices"
+                      + (f", teacher {entry.teacher.name}" if entry.teacher else ", no teacher"))
+        result = train(task, dataset, recipe.train, recipe.run.seed, run_dir / STAGES_DIR / entry.name, ctx,
+                       resume and (run_dir / STAGES_DIR / entry.name).exists(),
+                       {"stage": "pretrain", "expert": entry.name}, show_progress)
+        if ctx.is_main:
+            pack = backbone.expert_pack(
+                entry.name, pretext=entry.pretext.name, teacher=entry.teacher.name if entry.teacher else None,
+                teacher_cpt=bool(entry.teacher and entry.teacher.cpt), data_fingerprint=data_id)
+            save_expert_pack(pack_path, pack.tensors, {**pack.header, "recipe_fingerprint": key,
+                                                       "steps": result.steps, "final_loss": result.final_loss})
+            console.print(f"expert [bold]{entry.name}[/]: {result.steps} steps, final loss "
+                          f"{result.final_loss:.4f} -> {pack_path}")
+        packs[entry.name] = pack_path
+    return packs
+
+
+def _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, show_progress):
+    """The frozen teacher of an expert, after its continual pre-training when asked for."""
+    if entry.teacher is None:
+        return None
+    teacher = registry.get("teacher", entry.teacher.name).build(entry.teacher)
+    if not entry.teacher.cpt:
+        return teacher
+    key = fingerprint(entry.teacher, recipe.train, recipe.run.seed, data_id)
+    path = run_dir / TEACHERS_DIR / f"{entry.name}-{entry.teacher.name}.safetensors"
+    if path.exists() and read_header(path).get("recipe_fingerprint") == key:
+        console.print(f"teacher {entry.teacher.name}: reusing continual pre-training {path}")
+    else:
+        console.print(f"teacher {entry.teacher.name}: continual pre-training for {entry.teacher.cpt_epochs} epoch(s)")
+        schedule = recipe.train.model_copy(update={"epochs": entry.teacher.cpt_epochs})
+        train(teacher.cpt_objective(), dataset, schedule, recipe.run.seed,
+              run_dir / STAGES_DIR / f"{entry.name}-teacher", ctx, False, {"stage": "teacher-cpt"}, show_progress)
+        if ctx.is_main:
+            save_weights(path, teacher.cpt_tensors(), {"kind": "teacher", "teacher": entry.teacher.name,
+                                                       "recipe_fingerprint": key, "samora_kit_version": __version__})
+    teacher.load_cpt(path)
+    return teacher
+

@@ -1,0 +1,341 @@
+"""Stage 2: frozen LoRA experts fused inside every SAM block, batched, and expert packs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+from segment_anything.modeling.image_encoder import window_partition, window_unpartition
+from torch import nn
+
+from samora_kit.errors import CheckpointError, SamoraError
+from samora_kit.weights.expert_pack import (ExpertPack, check_compatible, load_expert_pack, save_expert_pack)
+from samora_kit.weights.io import load_weights, save_weights
+from samora_kit_plugins.sam import (LoRAQKV, SamBackbone, SamBackboneConfig, build_image_encoder,
+                                    build_sam_backbone, sam_attention_sdpa)
+
+NAMES = ["image", "patch", "pixel"]
+ATOL = 1e-5
+
+
+# --- fusers written for these tests (the real ones live in plugins/fusion) -----------------------------
+
+class SumFuser(nn.Module):
+    merges_lora = False
+
+    def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(deltas.shape))
+        return deltas.sum(0)
+
+
+class ZeroProjFuser(nn.Module):
+    """A zero-initialised projection of the summed deltas: output zero, gradients not."""
+
+    merges_lora = False
+
+    def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+        return self.proj(deltas.sum(0))
+
+
+class MergeFuser(nn.Module):
+    merges_lora = True
+    init = (0.5, -1.0, 2.0)
+
+    def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.tensor(self.init[:len(expert_names)]))
+
+    def mixing_weights(self) -> torch.Tensor:
+        return self.weights
+
+    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a merging fuser is never called on deltas")
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+def config(image_size: int = 64, **overrides) -> SamBackboneConfig:
+    return SamBackboneConfig.model_validate({"variant": "tiny", "image_size": image_size, **overrides})
+
+
+def stage2(fuser=SumFuser, image_size: int = 64, scope: str = "attention", names=NAMES, packs=None,
+           seed: int = 0, **overrides) -> SamBackbone:
+    torch.manual_seed(seed)
+    backbone = build_sam_backbone(
+        config(image_size, experts={"names": names, "scope": scope, "packs": packs or {}}, **overrides), fuser=fuser)
+    with torch.no_grad():  # SAM zero-initialises these: make the relative positions matter
+        for name, p in backbone.encoder.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+    return backbone
+
+
+def randomise_experts(backbone: SamBackbone, seed: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+    """Give every expert a non-zero B; return each expert's tensors (pack layout)."""
+    gen = torch.Generator().manual_seed(seed)
+    experts = {}
+    for name in backbone.expert_names:
+        state = backbone.expert_state(name)
+        state = {k: torch.randn(v.shape, generator=gen) * 0.2 if ".lora_b." in k else v for k, v in state.items()}
+        backbone.load_expert(name, state)
+        experts[name] = state
+    return experts
+
+
+def frozen_copy(backbone: SamBackbone) -> nn.Module:
+    """segment-anything's own encoder with the backbone's frozen weights."""
+    encoder = build_image_encoder(backbone.variant, backbone.image_size)
+    state = {k.replace(".qkv.base.", ".qkv."): v for k, v in backbone.encoder.state_dict().items()
+             if ".expert_" not in k and ".fuser." not in k}
+    encoder.load_state_dict(state)
+    return encoder.eval()
+
+
+def with_lora(block, index: int, expert: dict | None, run):
+    """run() with SAM's original block, its qkv wrapped in one LoRA holding `expert`'s tensors."""
+    if expert is None:
+        return run()
+    base = block.attn.qkv
+    lora = LoRAQKV(base, rank=4, targets=("q", "v"))
+    with torch.no_grad():
+        for t in ("q", "v"):
+            for ab in "ab":
+                key = f"encoder.blocks.{index}.attn.qkv.lora_{ab}.{t}.weight"
+                getattr(lora, f"lora_{ab}")[t].weight.copy_(expert[key])
+    block.attn.qkv = lora
+    try:
+        return run()
+    finally:
+        block.attn.qkv = base
+
+
+def attention_branch(block, x):
+    """The first half of segment-anything's Block.forward."""
+    h = block.norm1(x)
+    if block.window_size > 0:
+        size = h.shape[1:3]
+        h, pad = window_partition(h, block.window_size)
+    h = block.attn(h)
+    if block.window_size > 0:
+        h = window_unpartition(h, block.window_size, pad, size)
+    return h
+
+
+@torch.no_grad()
+def reference_sum(encoder, experts: list[dict], scope: str, images: torch.Tensor) -> torch.Tensor:
+    """K+1 plain runs of each original block (frozen, then each expert's LoRA), summed deltas."""
+    x = encoder.patch_embed(images) + encoder.pos_embed
+    for i, block in enumerate(encoder.blocks):
+        if scope == "block":
+            outs = [with_lora(block, i, e, lambda: block(x)) for e in [None, *experts]]
+            x = outs[0] + sum(o - outs[0] for o in outs[1:])
+        else:
+            outs = [with_lora(block, i, e, lambda: attention_branch(block, x)) for e in [None, *experts]]
+            x = x + outs[0] + sum(o - outs[0] for o in outs[1:])
+            x = x + block.mlp(block.norm2(x))
+    return encoder.neck(x.permute(0, 3, 1, 2))
+
+
+# --- tests ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scope", ["attention", "block"])
+@pytest.mark.parametrize("image_size", [64, 160])  # 4x4 grid: one padded window; 10x10: four padded windows
+def test_batched_experts_equal_a_plain_per_expert_loop(scope, image_size):
+    backbone = stage2(SumFuser, image_size, scope)
+    experts = randomise_experts(backbone)
+    images = torch.rand(2, 3, image_size, image_size)
+    with torch.no_grad():
+        fused = backbone(images)
+    reference = reference_sum(frozen_copy(backbone), [experts[n] for n in NAMES], scope, images)
+    frozen = frozen_copy(backbone)(images)
+    assert (reference - frozen).abs().max() > 1e-2  # the experts do change the output
+    assert torch.allclose(fused, reference, atol=ATOL), (fused - reference).abs().max()
+
+
+@pytest.mark.parametrize("scope", ["attention", "block"])
+def test_fuser_sees_windows_in_windowed_blocks_and_all_tokens_in_global_blocks(scope):
+    backbone = stage2(SumFuser, 160, scope)  # 10x10 grid; window 7 -> padded to 14x14, 4 windows
+    with torch.no_grad():
+        backbone(torch.rand(2, 3, 160, 160))
+    fusers = backbone.fusers()
+    assert sorted(fusers) == [0, 1, 2, 3]
+    for windowed in (0, 2):
+        assert fusers[windowed].shapes == [(3, 2 * 4, 49, 96)]
+    for global_block in (1, 3):
+        assert fusers[global_block].shapes == [(3, 2, 100, 96)]
+
+
+@pytest.mark.parametrize("scope", ["attention", "block"])
+def test_zero_fuser_gives_the_frozen_encoder_output(scope):
+    backbone = stage2(ZeroProjFuser, 64, scope)
+    randomise_experts(backbone)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(backbone(images), frozen_copy(backbone)(images), atol=ATOL)
+
+
+def test_only_fuser_is_trainable_and_expert_weights_stay_bit_identical_after_steps():
+    backbone = stage2(ZeroProjFuser, 64)
+    randomise_experts(backbone)
+    trainable = {n: p for n, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(".fuser." in n for n in trainable)
+    assert len(trainable) == 4 * 2  # 4 blocks x (weight, bias)
+    assert set(backbone.trainable_state_dict()) == set(trainable)
+    assert "encoder.blocks.0.fuser.proj.weight" in trainable
+    # the experts are frozen buffers: in full saves, never in parameters() nor trainable_state_dict()
+    full = backbone.state_dict()
+    assert full["encoder.blocks.0.attn.qkv.expert_a"].shape == (2, 3, 4, 96)  # targets, experts, rank, C
+    assert full["encoder.blocks.0.attn.qkv.expert_b"].shape == (2, 3, 96, 4)
+    assert not any(".expert_" in n for n, _ in backbone.named_parameters())
+    before = {k: v.clone() for k, v in full.items()}
+
+    optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        backbone(torch.rand(2, 3, 64, 64)).square().mean().backward()
+        assert all(p.grad is None for n, p in backbone.named_parameters() if n not in trainable)
+        optimizer.step()
+
+    after = backbone.state_dict()
+    frozen_keys = [k for k in before if ".fuser." not in k]
+    assert any(".expert_b" in k for k in frozen_keys)
+    assert all(torch.equal(before[k], after[k]) for k in frozen_keys)
+    assert not torch.equal(before["encoder.blocks.2.fuser.proj.weight"], after["encoder.blocks.2.fuser.proj.weight"])
+
+    other = stage2(ZeroProjFuser, 64)
+    other.load_trainable_state_dict(backbone.trainable_state_dict())
+    assert all(torch.equal(v, other.trainable_state_dict()[k]) for k, v in backbone.trainable_state_dict().items())
+
+
+def test_expert_pack_round_trip(tmp_path):
+    torch.manual_seed(0)
+    stage1 = build_sam_backbone(config())
+    with torch.no_grad():
+        for layer in stage1.lora_layers().values():
+            for t in ("q", "v"):
+                layer.lora_b[t].weight.normal_(std=0.2)
+    pack = stage1.expert_pack("image", pretext="image", teacher="simclrv2_r50_2x_sk1", teacher_cpt=True,
+                              data_fingerprint="sha256:abc")
+    assert set(pack.tensors) == set(stage1.trainable_state_dict())
+    header = pack.header
+    assert header["kind"] == "expert-pack" and header["expert"] == "image"
+    assert header["backbone"] == stage1.shape_description() == {
+        "name": "sam", "variant": "tiny", "image_size": 64, "embed_dim": 96, "depth": 4}
+    assert header["lora"] == {"rank": 4, "targets": ["q", "v"], "blocks": [0, 1, 2, 3]}
+    assert (header["pretext"], header["teacher"], header["teacher_cpt"], header["data_fingerprint"]) == (
+        "image", "simclrv2_r50_2x_sk1", True, "sha256:abc")
+    assert {"samora_kit", "torch"} <= set(header["versions"])
+
+    path = save_expert_pack(tmp_path / "image.safetensors", pack.tensors, pack.header)
+    loaded = load_expert_pack(path)
+    assert isinstance(loaded, ExpertPack) and loaded.header == pack.header
+    assert set(loaded.tensors) == set(pack.tensors)
+    assert all(torch.equal(loaded.tensors[k], v) for k, v in pack.tensors.items())
+
+    # stage 2 reads it back bit for bit; with it as the only expert, sum fusion = the stage-1 LoRA backbone
+    backbone = stage2(SumFuser, 64, names=["image"], packs={"image": path}, seed=0)
+    assert all(torch.equal(backbone.expert_state("image")[k], v) for k, v in pack.tensors.items())
+    torch.manual_seed(0)
+    stage1_again = build_sam_backbone(config())
+    stage1_again.load_trainable_state_dict(pack.tensors)
+    with torch.no_grad():
+        for name, p in stage1_again.encoder.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                p.copy_(dict(backbone.encoder.named_parameters())[name])
+        images = torch.rand(2, 3, 64, 64)
+        assert torch.allclose(backbone(images), stage1_again(images), atol=ATOL)
+    assert backbone.expert_pack("image").tensors.keys() == pack.tensors.keys()
+
+    # a file of another kind is refused
+    save_weights(tmp_path / "sam.safetensors", pack.tensors, {"format": "segment-anything"})
+    with pytest.raises(CheckpointError, match=r"sam\.safetensors: header kind is None, expected 'expert-pack'"):
+        load_expert_pack(tmp_path / "sam.safetensors")
+    with pytest.raises(TypeError, match="unknown provenance"):
+        stage1.expert_pack("image", teacher_weights="x")
+
+
+def test_incompatible_pack_names_the_mismatch(tmp_path):
+    torch.manual_seed(0)
+    pack = build_sam_backbone(config()).expert_pack("image", pretext="image")
+    path = save_expert_pack(tmp_path / "image.safetensors", pack.tensors, pack.header)
+
+    with pytest.raises(CheckpointError, match=r"lora\.rank is 4 in pack .*image\.safetensors, the backbone uses 2"):
+        stage2(packs={"image": path}, lora={"rank": 2})
+    with pytest.raises(CheckpointError, match=r"lora\.targets is \['q', 'v'\] in pack .*, the backbone uses \['q'\]"):
+        stage2(packs={"image": path}, lora={"targets": ["q"]})
+    with pytest.raises(CheckpointError, match=r"lora\.blocks is \[0, 1, 2, 3\] in pack .*, the backbone uses \[1, 3\]"):
+        stage2(packs={"image": path}, lora={"blocks": [3, 1]})
+    with pytest.raises(CheckpointError, match=r"backbone\.image_size is 64 in pack .*, the backbone uses 112"):
+        stage2(image_size=112, packs={"image": path})
+    with pytest.raises(CheckpointError, match=r"expert is 'image' in pack .*, but it is configured as expert 'patch'"):
+        stage2(packs={"patch": path})
+
+    shape = {"name": "sam", "variant": "vit_b", "image_size": 64, "embed_dim": 768, "depth": 12}
+    with pytest.raises(CheckpointError, match=r"backbone\.variant is 'tiny' in pack P, the backbone uses 'vit_b'"):
+        check_compatible(pack, shape, pack.lora, "P")
+
+    truncated = {k: v for k, v in pack.tensors.items() if "blocks.3." not in k}
+    save_weights(tmp_path / "truncated.safetensors", truncated, load_weights(path)[1])
+    with pytest.raises(CheckpointError,
+                       match=r"truncated\.safetensors lacks tensor encoder\.blocks\.3\.attn\.qkv\.lora_a\.q"):
+        stage2(packs={"image": tmp_path / "truncated.safetensors"})
+    with pytest.raises(CheckpointError, match=r"lacks tensor"):
+        save_expert_pack(tmp_path / "bad.safetensors", truncated, pack.header)
+
+
+@pytest.mark.parametrize("scope", ["attention", "block"])
+def test_lorahub_style_merge_equals_single_merged_lora(scope):
+    backbone = stage2(MergeFuser, 64, scope)
+    experts = randomise_experts(backbone)
+    w = MergeFuser.init
+    merged = {k: sum(w[i] * experts[n][k] for i, n in enumerate(NAMES)) for k in experts["image"]}
+    single = build_sam_backbone(config())
+    single.encoder.load_state_dict({k: v for k, v in backbone.encoder.state_dict().items()
+                                    if ".expert_" not in k and ".fuser." not in k}, strict=False)
+    single.load_trainable_state_dict(merged)
+    images = torch.rand(2, 3, 64, 64)
+    out = backbone(images)
+    with torch.no_grad():
+        assert torch.allclose(out, single(images), atol=ATOL)
+    out.square().mean().backward()
+    assert all(f.weights.grad is not None and f.weights.grad.abs().sum() > 0 for f in backbone.fusers().values())
+
+
+@pytest.mark.parametrize("block, shape", [(0, (4, 7, 7, 96)), (1, (2, 10, 10, 96))])  # windowed, global
+def test_sdpa_attention_matches_sam_attention(block, shape):
+    torch.manual_seed(0)
+    attn = build_image_encoder("tiny", 160).blocks[block].attn
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(std=0.5)
+        attn.rel_pos_w.normal_(std=0.5)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.allclose(sam_attention_sdpa(attn, x), attn(x), atol=ATOL)
+
+
+def test_experts_need_a_fuser_and_valid_names():
+    with pytest.raises(SamoraError, match=r"backbone\.experts \['image'\] is configured, so a fuser is required"):
+        build_sam_backbone(config(experts={"names": ["image"]}))
+    with pytest.raises(SamoraError, match="a fuser was given, but backbone.experts is not configured"):
+        build_sam_backbone(config(), fuser=SumFuser)
+    with pytest.raises(ValidationError, match="repeats 'image'"):
+        config(experts={"names": ["image", "image"]})
+    with pytest.raises(ValidationError, match=r"experts\.packs names 'pixel', which is not in experts\.names"):
+        config(experts={"names": ["image"], "packs": {"pixel": "pixel.safetensors"}})
+    with pytest.raises(ValidationError):
+        config(experts={"names": []})
+    with pytest.raises(ValidationError):
+        config(experts={"names": ["image"], "scope": "mlp"})
+    # unpacked experts start as SAMed LoRA: B = 0, so stage 2 begins at the frozen encoder
+    backbone = stage2(SumFuser, 64)
+    assert all(not v.any() for k, v in backbone.expert_state("patch").items() if ".lora_b." in k)
