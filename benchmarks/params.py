@@ -26,13 +26,18 @@ def main() -> None:
           f"{'decoder M':>10s} {'paper total M':>14s}")
     for path in args.recipes:
         _, model = model_from_recipe(path, [], args.num_classes, torch.device("cpu"))
-        count = lambda module, trainable=False: sum(  # noqa: E731
-            p.numel() for p in module.parameters() if p.requires_grad or not trainable) / 1e6
-        fusers = sum(p.numel() for n, p in model.backbone.named_parameters() if ".fuser." in n) / 1e6
         paper = PAPER_TABLE_3.get(path.stem)
-        print(f"{str(path):28s} {count(model):9.2f} {count(model, True):12.2f} "
-              f"{count(model.backbone) - fusers:10.2f} {fusers:9.2f} {count(model.decoder):10.2f} "
-              f"{paper if paper is not None else '-':>14}")
+        fusers = sum(p.numel() for n, p in model.backbone.named_parameters() if ".fuser." in n) / 1e6
+        encoder = _count(model.backbone) - fusers
+        print(f"{str(path):28s} {_count(model):9.2f} {_count(model, trainable=True):12.2f} {encoder:10.2f} "
+              f"{fusers:9.2f} {_count(model.decoder):10.2f} {paper if paper is not None else '-':>14}")
+
+
+def _count(module: torch.nn.Module, trainable: bool = False) -> float:
+    """Millions of parameters; frozen expert LoRAs (kept as buffers) count as parameters too."""
+    params = sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+    experts = 0 if trainable else sum(b.numel() for n, b in module.named_buffers() if ".expert_" in n)
+    return (params + experts) / 1e6
 
 
 if __name__ == "__main__":

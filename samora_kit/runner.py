@@ -43,11 +43,12 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
     ctx = init_distributed(recipe.run.device)
     if recipe.experts:
         try:
-            return _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress)
+            _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress)
+            return run_dir_of(recipe)
         finally:
             shutdown()
     if recipe.pretrain is not None:
-        _fill_packs_from_pretraining(recipe, plugins, ctx, console, show_progress)
+        _fill_packs_from_pretraining(recipe, plugins, ctx, argv, console, show_progress)
     resolved = dump_recipe(recipe)
     run_dir = run_dir_of(recipe)
     _check_run_dir(run_dir, resolved, resume)
@@ -60,7 +61,6 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
                                recipe.train.foreground_only)
         if ctx.is_main:  # only once data and model are known to be good
             write_run_files(run_dir, resolved, environment(ctx.device, plugins.sources), argv)
-        if ctx.is_main:
             console.print(f"[bold]{recipe.run.name}[/]: {len(volumes)} training volumes, {len(dataset)} slices, "
                           f"{_count(model)} on {ctx.device}; run folder {run_dir}")
         header = {"samora_kit_version": __version__, "recipe": resolved,
@@ -104,17 +104,19 @@ def _compare(recipe, summary, class_names, plugins, argv, console, show_progress
         console.print(comparison_table(summaries, class_names, policy))
 
 
-def _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress) -> Path:
+def _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress,
+                     only: list[str] | None = None) -> dict[str, Path]:
+    """Stage 1 in its own run folder; returns {expert name: pack path}."""
     run_dir = run_dir_of(recipe)
     if ctx.is_main:
         write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
-    packs = pretrain_experts(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress)
+    packs = pretrain_experts(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress, only)
     if ctx.is_main:
         console.print("expert packs:\n" + "\n".join(f"  {name}: {path}" for name, path in packs.items()))
-    return run_dir
+    return packs
 
 
-def _fill_packs_from_pretraining(recipe, plugins, ctx, console, show_progress) -> None:
+def _fill_packs_from_pretraining(recipe, plugins, ctx, argv, console, show_progress) -> None:
     """Run (or reuse) the stage-1 recipe named in [pretrain]; its packs fill backbone.experts.packs."""
     experts = getattr(recipe.backbone, "experts", None)
     if experts is None:
@@ -125,8 +127,7 @@ def _fill_packs_from_pretraining(recipe, plugins, ctx, console, show_progress) -
         raise SamoraError(f"backbone.experts.names {missing} are neither in {recipe.pretrain.recipe}'s "
                           "[[experts]] nor given in backbone.experts.packs")
     needed = [n for n in experts.names if n not in experts.packs]
-    packs = pretrain_experts(stage1, plugins.registry, run_dir_of(stage1), ctx, False, console, show_progress,
-                             only=needed)
+    packs = _run_pretraining(stage1, plugins, ctx, False, argv, console, show_progress, only=needed)
     experts.packs = {**{n: packs[n] for n in needed}, **experts.packs}
 
 
