@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--variant", choices=["vit_b", "vit_l", "vit_h", "tiny"])
     imp.set_defaults(func=_weights_import)
 
+    data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
+    conv = data.add_parser("convert", help="turn a public download into the folder a dataset adapter reads")
+    conv.add_argument("kind", choices=["la", "promise12"])
+    conv.add_argument("source", type=Path)
+    conv.add_argument("output", type=Path)
+    conv.set_defaults(func=_data_convert)
+
     ev = sub.add_parser("evaluate", help="score a finished run on its test cases")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--policy", action="append", choices=["transunet", "strict"],
@@ -149,6 +156,12 @@ def _weights_import(args, console):
 
     out, digest = import_sam_checkpoint(args.source, args.output, args.variant)
     console.print(f"wrote {out}\nsha256 {digest}")
+
+
+def _data_convert(args, console):
+    from .convert import convert
+
+    console.print(f"wrote {convert(args.kind, args.source, args.output)}")
 
 
 def _evaluate(args, console):

@@ -1,6 +1,7 @@
-"""SAMora stage 1: one self-supervised LoRA expert per [[experts]] entry, each saved as an
-expert pack. Finished experts (and teachers' continual pre-training) are reused, not recomputed,
-as long as the parts of the recipe that made them are unchanged."""
+"""Self-supervised pre-training: SAMora stage 1 (one LoRA expert per [[experts]] entry, each
+saved as an expert pack) and a base encoder trained from scratch ([base_pretraining]).
+Finished experts (and teachers' continual pre-training) are reused, not recomputed, as long as
+the parts of the recipe that made them are unchanged."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .weights.expert_pack import save_expert_pack
 from .weights.io import read_header, save_weights
 
 EXPERTS_DIR, TEACHERS_DIR, STAGES_DIR = "experts", "teachers", "stages"
+BASE_FILE = "base.safetensors"
 
 
 def fingerprint(*parts: BaseModel | dict | list | str) -> str:
@@ -33,10 +35,7 @@ def pretrain_experts(recipe, registry, run_dir: Path, ctx: DistContext, resume: 
     """Train (or reuse) the experts of a stage-1 recipe (all, or those named in `only`);
     returns {expert name: pack path}."""
     console = console or Console()
-    adapter = registry.get("dataset", recipe.data.name).build(recipe.data)
-    if not hasattr(adapter, "slice_dataset"):
-        raise SamoraError(f"data.name = {recipe.data.name!r} gives labelled volumes; stage-1 pre-training "
-                          "needs an unlabelled image source such as 'unlabelled_pool'")
+    adapter = _unlabelled_source(recipe, registry)
     data_id = fingerprint(recipe.data, adapter.cases("train"))
     packs: dict[str, Path] = {}
     for entry in [e for e in recipe.experts if only is None or e.name in only]:
@@ -92,3 +91,44 @@ def _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, s
     teacher.load_cpt(path)
     return teacher
 
+
+
+def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: bool = False,
+                  console: Console | None = None, show_progress: bool = True) -> Path:
+    """Train the whole image encoder from random weights with a teacher-free pretext task and
+    save it in SAM's key layout; its header says it is self-pre-trained, not SAM."""
+    console = console or Console()
+    adapter = _unlabelled_source(recipe, registry)
+    backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone)
+    if not hasattr(backbone, "encoder_state_in_sam_layout"):
+        raise SamoraError(f"backbone.name = {recipe.backbone.name!r} cannot export a base encoder")
+    for name, param in backbone.encoder.named_parameters():
+        param.requires_grad = ".lora_" not in name  # the encoder itself learns; LoRA stays zero
+    task = registry.get("pretext", recipe.base_pretraining.pretext.name).build(
+        recipe.base_pretraining.pretext, backbone=backbone, teacher=None)
+    dataset = adapter.slice_dataset(backbone.image_size)
+    console.print(f"base encoder: {recipe.base_pretraining.pretext.name} from scratch on {len(dataset)} "
+                  f"unlabelled slices, {sum(p.numel() for p in task.parameters() if p.requires_grad) / 1e6:.2f} M "
+                  "trainable parameters")
+    result = train(task, dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume,
+                   {"stage": "base-pretraining"}, show_progress)
+    path = run_dir / BASE_FILE
+    if ctx.is_main:
+        from .weights.import_sam import save_sam_layout
+
+        header = {"format": "sam-encoder", "origin": "self-pre-trained", "variant": backbone.variant,
+                  "source_image_size": backbone.image_size, "pretext": recipe.base_pretraining.pretext.name,
+                  "data_fingerprint": fingerprint(recipe.data, adapter.cases("train")), "steps": result.steps,
+                  "final_loss": result.final_loss, "samora_kit_version": __version__}
+        _, digest = save_sam_layout(path, backbone.encoder_state_in_sam_layout(), header)
+        console.print(f"base encoder: {result.steps} steps, final loss {result.final_loss:.4f} -> {path}\n"
+                      f"use it with backbone.checkpoint = \"{path}\" (sha256 {digest})")
+    return path
+
+
+def _unlabelled_source(recipe, registry):
+    adapter = registry.get("dataset", recipe.data.name).build(recipe.data)
+    if not hasattr(adapter, "slice_dataset"):
+        raise SamoraError(f"data.name = {recipe.data.name!r} gives labelled volumes; self-supervised "
+                          "pre-training needs an unlabelled image source such as 'unlabelled_pool'")
+    return adapter

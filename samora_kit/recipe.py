@@ -88,10 +88,13 @@ def recipe_model(registry: Registry) -> type[BaseModel]:
                           pretext=(component_type(registry, "pretext"), ...),
                           teacher=(Optional[component_type(registry, "teacher")], None))
 
+    base = create_model("BasePretraining", __base__=Strict, pretext=(component_type(registry, "pretext"), ...))
+
     def check_purpose(recipe):
-        if recipe.decoder is None and not recipe.experts:
-            raise ValueError("a recipe needs a [decoder] section (segmentation) or [[experts]] "
-                             "entries (stage-1 pre-training)")
+        purposes = [recipe.decoder is not None, bool(recipe.experts), recipe.base_pretraining is not None]
+        if sum(purposes) != 1:
+            raise ValueError("a recipe does one thing: segmentation ([decoder]), stage-1 expert "
+                             "pre-training ([[experts]]) or pre-training a base encoder ([base_pretraining])")
         names = [e.name for e in recipe.experts]
         if len(set(names)) != len(names):
             raise ValueError(f"experts: names {names} must be unique")
@@ -108,6 +111,7 @@ def recipe_model(registry: Registry) -> type[BaseModel]:
         "fuser": (Optional[component_type(registry, "fuser")], None),
         "experts": (list[expert], []),
         "pretrain": (Optional[PretrainSection], None),
+        "base_pretraining": (Optional[base], None),
         "compare": (Optional[CompareSection], None),
     }
     return create_model("Recipe", __base__=Strict, __validators__={
@@ -212,6 +216,10 @@ def _describe(err: dict, raw: dict, registry: Registry) -> str:
         model = _model_at(recipe_model(registry), loc[:-1], raw)
         siblings = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
         return f"{key}{shown}: unknown key{did_you_mean(loc[-1], siblings)}"
+    if kind == "union_tag_invalid" and loc and loc[-1] in COMPONENT_KEYS:  # reported on the table itself
+        loc = [*loc, "name"]
+        key, value = f"{key}.name", _lookup(raw, loc)
+        shown = f" = {value!r}"
     if kind in ("union_tag_invalid", "literal_error") and loc and loc[-1] == "name" and component:
         names = registry.names(component)
         return (f"{key}{shown}: no {component} of that name{did_you_mean(value, names)}; "

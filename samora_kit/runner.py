@@ -15,7 +15,7 @@ from .data.slices import SliceDataset
 from .errors import CheckpointError, SamoraError
 from .eval.evaluate import comparison_table, evaluate, summary_table
 from .plugins import default_plugins
-from .pretrain import pretrain_experts
+from .pretrain import pretrain_base, pretrain_experts
 from .recipe import dump_recipe, load_recipe, parse_recipe_text
 from .train.distributed import init_distributed, shutdown
 from .train.loop import train
@@ -47,6 +47,16 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
             return run_dir_of(recipe)
         finally:
             shutdown()
+    if recipe.base_pretraining is not None:
+        try:
+            run_dir = run_dir_of(recipe)
+            if ctx.is_main:
+                write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
+            seed_everything(recipe.run.seed)
+            pretrain_base(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress)
+            return run_dir
+        finally:
+            shutdown()
     if recipe.pretrain is not None:
         _fill_packs_from_pretraining(recipe, plugins, ctx, argv, console, show_progress)
     resolved = dump_recipe(recipe)
@@ -65,8 +75,7 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
                           f"{_count(model)} on {ctx.device}; run folder {run_dir}")
         header = {"samora_kit_version": __version__, "recipe": resolved,
                   "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
-        objective = SegmentationObjective(model, DiceCELoss(adapter.num_classes, recipe.train.ce_weight,
-                                                            recipe.train.dice_weight))
+        objective = _objective(model, recipe.train)
         result = train(objective, dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume, header,
                        show_progress)
         if ctx.is_main:
@@ -82,6 +91,14 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
     if recipe.compare is not None and ctx.is_main:
         _compare(recipe, summary, adapter.class_names, plugins, argv, console, show_progress, ctx)
     return run_dir
+
+
+def _objective(model: SegmentationModel, train_cfg) -> torch.nn.Module:
+    """The decoder's own objective when it has one (H-SAM's two decoders), else SAMed's loss."""
+    own = getattr(model.decoder, "objective", None)
+    if own is not None:
+        return own(model, train_cfg.ce_weight, train_cfg.dice_weight)
+    return SegmentationObjective(model, DiceCELoss(model.num_classes, train_cfg.ce_weight, train_cfg.dice_weight))
 
 
 def _compare(recipe, summary, class_names, plugins, argv, console, show_progress, ctx) -> None:

@@ -287,7 +287,7 @@ def test_third_party_plugin_is_listed_and_in_the_schema(site, tmp_path):
     written = _subprocess(["schema", "-o", schema_file], pythonpath=site)
     assert written.returncode == 0, written.stderr
     decoders = _components(json.loads(schema_file.read_text()), "decoder")
-    assert set(decoders) == {"samed", "linear_probe"}
+    assert set(decoders) == {"samed", "hsam", "linear_probe"}
     assert decoders["linear_probe"]["properties"]["scale"]["minimum"] == 1
 
 

@@ -339,3 +339,52 @@ def test_experts_need_a_fuser_and_valid_names():
     # unpacked experts start as SAMed LoRA: B = 0, so stage 2 begins at the frozen encoder
     backbone = stage2(SumFuser, 64)
     assert all(not v.any() for k, v in backbone.expert_state("patch").items() if ".lora_b." in k)
+
+
+class Fixed(nn.Module):
+    """Stands in for attn.qkv: returns a precomputed projection."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value
+
+
+@pytest.mark.parametrize("targets", [("q", "v"), ("q",), ("v",), ("k", "v"), ("q", "k", "v")])
+@pytest.mark.parametrize("window", [0, 4])  # 0: rel-pos tables interpolated (6x6 -> 4x4); 4: exact
+def test_variants_attention_equals_sam_attention_per_variant(targets, window):
+    """The batched K+1-variant attention (shared k/v not copied, relative positions folded into
+    the q.k matmul) equals SAM's own Attention run once per variant, values and gradients."""
+    from samora_kit_plugins.sam.experts import ExpertsQKV, variants_attention
+    from segment_anything.modeling.image_encoder import Block
+
+    torch.manual_seed(0)
+    block = Block(32, num_heads=4, use_rel_pos=True, window_size=window, input_size=(6, 6))
+    with torch.no_grad():
+        block.attn.rel_pos_h.normal_(0, 0.3)
+        block.attn.rel_pos_w.normal_(0, 0.3)
+    attn = block.attn
+    qkv = ExpertsQKV(attn.qkv, NAMES, rank=2, targets=targets)
+    with torch.no_grad():
+        qkv.expert_b.normal_(0, 0.3)
+    x = torch.randn(3, 4, 4, 32, requires_grad=True)
+    q, k, v = qkv.variants(x, shared=True)
+    out = variants_attention(attn, *(t.reshape(t.shape[0], 3, 16, 32) for t in (q, k, v)), (4, 4))
+    qe, ke, ve = qkv.variants(x)
+    base = attn.qkv
+    try:
+        refs = []
+        for i in range(len(NAMES) + 1):
+            attn.qkv = Fixed(torch.cat([qe[i], ke[i], ve[i]], dim=-1))
+            refs.append(attn(x).reshape(3, 16, 32))
+    finally:
+        attn.qkv = base
+    reference = torch.stack(refs)
+    assert out.shape == reference.shape
+    assert torch.allclose(out, reference, atol=ATOL), (out - reference).abs().max()
+    weight = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weight).sum(), x)
+    (grad_ref,) = torch.autograd.grad((reference * weight).sum(), x)
+    assert torch.allclose(grad, grad_ref, atol=1e-4), (grad - grad_ref).abs().max()

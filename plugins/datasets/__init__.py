@@ -1,9 +1,9 @@
-"""Built-in dataset adapters: MSD (decathlon), ACDC, Synapse, the no-download MNI152 demo and the
-unlabelled pool of stage-1 pre-training."""
+"""Built-in dataset adapters: MSD (decathlon), ACDC, Synapse, LA (UA-MT h5), PROMISE12 (MetaImage), the
+no-download MNI152 demo and the unlabelled pool of stage-1 pre-training."""
 
 from samora_kit.hookspecs import hookimpl
 
-from . import acdc, decathlon, mni152_demo, synapse, unlabelled_pool
+from . import acdc, decathlon, la, mni152_demo, promise12, synapse, unlabelled_pool
 
 
 @hookimpl
@@ -12,6 +12,9 @@ def samora_kit_register(registry) -> None:
                  example=decathlon.EXAMPLE)
     registry.add("dataset", acdc.NAME, acdc.AcdcConfig, acdc.build_acdc, example=acdc.EXAMPLE)
     registry.add("dataset", synapse.NAME, synapse.SynapseConfig, synapse.build_synapse, example=synapse.EXAMPLE)
+    registry.add("dataset", la.NAME, la.LaConfig, la.build_la, example=la.EXAMPLE)
+    registry.add("dataset", promise12.NAME, promise12.Promise12Config, promise12.build_promise12,
+                 example=promise12.EXAMPLE)
     registry.add("dataset", mni152_demo.NAME, mni152_demo.Mni152DemoConfig, mni152_demo.build_mni152_demo,
                  example={})
     registry.add("dataset", unlabelled_pool.NAME, unlabelled_pool.UnlabelledPoolConfig,

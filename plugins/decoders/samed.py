@@ -14,6 +14,7 @@ from samora_kit.errors import CheckpointError
 from samora_kit.hookspecs import hookimpl
 from samora_kit.registry import ComponentConfig
 from samora_kit.weights.import_sam import read_sam_weights
+from samora_kit.weights.io import read_header
 
 MASK_IN_CHANS = 16  # SAM's prompt encoder mask channels
 IOU_HEAD_HIDDEN = 256
@@ -102,6 +103,8 @@ def build_samed_decoder(config: SamedDecoderConfig, *, backbone, num_classes: in
     decoder = SamedDecoder(num_classes, backbone.embed_channels, backbone.embed_grid, backbone.image_size,
                            config.transformer_depth, config.mlp_dim, config.num_heads)
     path = getattr(backbone, "checkpoint_path", None) if config.checkpoint == "backbone" else config.checkpoint
+    if config.checkpoint == "backbone" and path is not None and read_header(path).get("format") == "sam-encoder":
+        path = None  # a self-pre-trained encoder has no decoder to start from
     if path is not None:
         decoder.load_pretrained(Path(path))
     return decoder

@@ -112,7 +112,7 @@ class HLAttn(nn.Module):
 
     def forward(self, deltas: torch.Tensor) -> torch.Tensor:
         check_deltas("hl_attn", deltas, self.num_experts, self.dim, exact_4d=True)
-        h = self.down(self.norm(deltas))  # K, N, L, w: one batched call for every expert
+        h = self.down(self.norm(deltas)).unbind(0)  # K x (N, L, w): one batched call for every expert
         result = h[self.order_index[0]]
         for step, index in zip(self.steps, self.order_index[1:]):
             result = step(h[index], result)  # higher level queries, lower level answers

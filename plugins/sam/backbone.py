@@ -171,6 +171,12 @@ class SamBackbone(nn.Module):
         header = make_header(expert, self.shape_description(), self.lora_description(), **provenance)
         return ExpertPack(tensors, header)
 
+    def encoder_state_in_sam_layout(self) -> dict[str, torch.Tensor]:
+        """The encoder's own weights (no LoRA) under SAM's official `image_encoder.*` names."""
+        return {ENCODER_PREFIX + k.replace(".qkv.base.", ".qkv."): v.detach()
+                for k, v in self.encoder.state_dict().items()
+                if ".lora_" not in k and ".expert_" not in k and ".fuser." not in k}
+
     def _load_pretrained(self, path: Path, sha256: str | None) -> None:
         tensors, header = read_sam_weights(path, sha256)
         if header.get("variant", self.variant) != self.variant:

@@ -77,20 +77,28 @@ class ExpertsQKV(nn.Module):
         return out.reshape(*out.shape[:2], *lead, out.shape[-1])
 
     def variants(self, x: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
-                 include_base: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 include_base: bool = True, shared: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v each V, ..., C: [frozen, frozen + Δ_1, ..., frozen + Δ_K] (V = K + 1),
-        or only the expert variants when include_base is False."""
-        parts = self.base(x).chunk(3, dim=-1)
-        deltas = self.deltas(x, a, b)
-        count = deltas.shape[1] + int(include_base)
+        or only the expert variants when include_base is False. With `shared`, a projection
+        no expert changes is returned once, 1, ..., C, instead of expanded to V."""
+        a = self.expert_a if a is None else a
+        b = self.expert_b if b is None else b
+        if include_base:  # a zero expert first: variant 0 is base + 0, exactly the frozen path, no cat
+            a = F.pad(a, (0, 0, 0, 0, 1, 0))
+            b = F.pad(b, (0, 0, 0, 0, 1, 0))
+        lead, dim = x.shape[:-1], x.shape[-1]
+        flat = x.reshape(-1, dim)
+        parts = self.base(flat).chunk(3, dim=-1)  # each N, C
+        hidden = torch.einsum("nc,tkrc->tknr", flat, a.to(x.dtype))  # T, V, N, r: one matmul, C -> T*V*r
+        count = a.shape[1]
         out = []
         for name, part in zip(QKV_ORDER, parts):
-            part = part.unsqueeze(0)
             if name in self.targets:
-                varied = part + deltas[self.targets.index(name)]
-                out.append(torch.cat([part, varied]) if include_base else varied)
+                t = self.targets.index(name)  # frozen + B_k A_k x for every variant k, add fused in the bmm
+                varied = torch.baddbmm(part.unsqueeze(0), hidden[t], b[t].to(x.dtype).transpose(1, 2))
             else:
-                out.append(part.expand(count, *part.shape[1:]))
+                varied = part.unsqueeze(0) if shared else part.unsqueeze(0).expand(count, -1, -1)
+            out.append(varied.view(varied.shape[0], *lead, dim))
         return out[0], out[1], out[2]
 
     def merged(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +166,73 @@ def sdpa_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.T
     return attn.proj(out.transpose(1, 2).reshape(m, length, dim))
 
 
+def variants_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       hw: tuple[int, int]) -> torch.Tensor:
+    """SAM's Attention (decomposed relative positions) after the qkv projection, for V variants
+    at once, written as SAM does it (explicit softmax; on CPU this beats SDPA with a float mask
+    that needs a gradient). q: V, n, L, C; k, v: V or 1 (shared by every variant), n, L, C
+    -> V, n, L, C after `attn.proj`. A shared k enters one bmm for all variants, never copied."""
+    count = max(q.shape[0], k.shape[0], v.shape[0])
+    q = q.expand(count, -1, -1, -1)  # q is shared only when no expert changes q
+    _, n, length, dim = q.shape
+    heads = attn.num_heads
+    hd = dim // heads
+    h, w = hw
+    # The decomposed relative-position term rel_h[l, kh] + rel_w[l, kw] is linear in q, so it rides
+    # in the same matmul: q' = [q * scale, rel_h, rel_w] (hd + h + w), k' = [k, onehot(kh), onehot(kw)].
+    # No L x L bias tensor is built, added, or reduced in backward.
+    if k.shape[0] == 1:  # all variants against the one k: n*heads, V*L, hd' @ n*heads, hd', L
+        qh = q.view(count, n, length, heads, hd).permute(1, 3, 0, 2, 4)  # n, heads, V, L, hd
+        kh = k[0].view(n, length, heads, hd).permute(0, 2, 3, 1)  # n, heads, hd, L
+    else:
+        qh = q.view(count, n, length, heads, hd).permute(0, 1, 3, 2, 4)  # V, n, heads, L, hd
+        kh = k.expand(count, -1, -1, -1).reshape(count, n, length, heads, hd).permute(0, 1, 3, 4, 2)
+    qs = qh * attn.scale
+    if attn.use_rel_pos:
+        # q . Rh[h_q - h_k + h - 1] for every relative offset from ONE matmul of the scaled q with both
+        # tables (2h-1 + 2w-1 rows, pre-divided by scale), then gathered: q is never permuted again.
+        rh = _resized_rel_pos(h, attn.rel_pos_h).to(q.dtype)
+        rw = _resized_rel_pos(w, attn.rel_pos_w).to(q.dtype)
+        per_offset = torch.matmul(qs, (torch.cat([rh, rw]) / attn.scale).t())  # ..., L, 2h-1 + 2w-1
+        index = _rel_pos_index(h, w, q.device)  # L, h + w
+        rel = per_offset.gather(-1, index.expand(*per_offset.shape[:-1], h + w))
+        qs = torch.cat([qs, rel], dim=-1)
+        eye_h = torch.eye(h, dtype=q.dtype, device=q.device)
+        eye_w = torch.eye(w, dtype=q.dtype, device=q.device)
+        onehot = torch.cat([eye_h.repeat_interleave(w, dim=0), eye_w.repeat(h, 1)], dim=1).t()  # h+w, L
+        kh = torch.cat([kh, onehot.expand(*kh.shape[:-2], -1, -1)], dim=-2)
+    if k.shape[0] == 1:
+        logits = torch.matmul(qs.reshape(n, heads, count * length, -1), kh).view(n, heads, count, length, length)
+    else:
+        logits = torch.matmul(qs, kh)  # V, n, heads, L, L
+    probs = logits.softmax(dim=-1)
+    if k.shape[0] == 1:  # probs n, heads, V, L, L
+        vh = v.expand(count, -1, -1, -1).view(count, n, length, heads, hd).permute(1, 3, 0, 2, 4)
+        out = torch.matmul(probs, vh).permute(2, 0, 3, 1, 4)  # V, n, L, heads, hd
+    else:  # probs V, n, heads, L, L
+        vh = v.expand(count, -1, -1, -1).view(count, n, length, heads, hd).permute(0, 1, 3, 2, 4)
+        out = torch.matmul(probs, vh).permute(0, 1, 3, 2, 4)
+    return attn.proj(out.reshape(count, n, length, dim))
+
+
+def _resized_rel_pos(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """The 2*size-1 rows (offset q - k + size - 1) SAM's get_rel_pos picks from, interpolated as it does."""
+    length = 2 * size - 1
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length, mode="linear")
+    return resized.reshape(-1, length).permute(1, 0)
+
+
+def _rel_pos_index(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """L, h + w: for token (i, j) the rows of [Rh; Rw] giving its terms for key rows 0..h-1, cols 0..w-1."""
+    i = torch.arange(h, device=device).repeat_interleave(w)  # token row
+    j = torch.arange(w, device=device).repeat(h)  # token column
+    rows = i[:, None] - torch.arange(h, device=device) + h - 1
+    cols = j[:, None] - torch.arange(w, device=device) + w - 1 + (2 * h - 1)
+    return torch.cat([rows, cols], dim=1)
+
+
 def sam_attention_sdpa(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """Drop-in for `Attention.forward` (x: B, H, W, C) computed with SDPA."""
     b, h, w, c = x.shape
@@ -185,19 +260,19 @@ class ExpertFusedBlock(Block):
 
         if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
             a, b = qkv.merged(self.fuser.mixing_weights())
-            q, k, v = qkv.variants(tokens, a, b, include_base=False)
+            q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
         else:
-            q, k, v = qkv.variants(tokens)  # K+1, n, h, w, C
-        count = q.shape[0]
-        out = sdpa_attention(self.attn, *(t.reshape(count * n, h * w, dim) for t in (q, k, v)), (h, w))
+            q, k, v = qkv.variants(tokens, shared=True)  # K+1 (or 1 when shared), n, h, w, C
+        out = variants_attention(self.attn, *(t.reshape(t.shape[0], n, h * w, dim) for t in (q, k, v)), (h, w))
+        count = out.shape[0]
 
         if self.fuser.merges_lora:
             x = shortcut + self._unpartition(out.view(n, h, w, dim), pad_hw, (height, width))
             return x + self.mlp(self.norm2(x))
 
         if self.scope == "attention":
-            out = out.view(count, n, h * w, dim)
-            attn_out = out[0] + self._fuse(out[1:] - out[0])  # n, L, C
+            frozen, experts = out.split([1, count - 1])  # split: no zero-filled select grads
+            attn_out = frozen[0] + self._fuse(experts - frozen)  # n, L, C
             x = shortcut + self._unpartition(attn_out.view(n, h, w, dim), pad_hw, (height, width))
             return x + self.mlp(self.norm2(x))
 
@@ -205,7 +280,8 @@ class ExpertFusedBlock(Block):
         attn_out = self._unpartition(out.view(count * n, h, w, dim), pad_hw, (height, width))
         blocks = shortcut + attn_out.view(count, batch, height, width, dim)
         blocks = blocks + self.mlp(self.norm2(blocks))
-        frozen, deltas = blocks[0], blocks[1:] - blocks[0]  # K, B, H, W, C
+        frozen, experts_out = blocks.split([1, count - 1])
+        frozen, deltas = frozen[0], experts_out - frozen  # K, B, H, W, C
         experts = count - 1
         if self.window_size > 0:
             windows, pad = window_partition(deltas.reshape(experts * batch, height, width, dim), self.window_size)

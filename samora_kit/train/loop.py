@@ -74,6 +74,8 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
         objective.train()
         while step < total:
             epoch, position = divmod(step, steps_per_epoch)
+            if hasattr(objective, "set_epoch"):  # epoch-dependent losses (H-SAM's decoder weighting)
+                objective.set_epoch(epoch)
             for batch in _epoch_batches(dataset, seed, epoch, position, steps_per_epoch,
                                         global_batch, local_batch, ctx.rank, train_cfg.num_workers):
                 if step >= total:

@@ -22,6 +22,11 @@ EXPECTED = ("an official segment-anything checkpoint: a state dict with image_en
             "image_encoder.blocks.N.attn.qkv.weight, prompt_encoder.* and mask_decoder.* tensors")
 
 
+# "segment-anything": an imported official checkpoint (encoder, prompt encoder, mask decoder);
+# "sam-encoder": an image encoder in SAM's layout that the kit pre-trained itself (no decoder)
+FORMATS = ("segment-anything", "sam-encoder")
+
+
 def import_sam_checkpoint(src: Path, out: Path, variant: str | None = None) -> tuple[Path, str]:
     """Convert an official SAM `.pth` to safetensors plus a `<out>.sha256` sidecar;
     return (out, sha256 of out)."""
@@ -40,6 +45,11 @@ def import_sam_checkpoint(src: Path, out: Path, variant: str | None = None) -> t
         "source_sha256": sha256_of(src),
         "samora_kit_version": __version__,
     }
+    return save_sam_layout(out, state, header)
+
+
+def save_sam_layout(out: Path, state: dict[str, torch.Tensor], header: dict) -> tuple[Path, str]:
+    """Write SAM-layout tensors as safetensors plus a `<out>.sha256` sidecar; return (out, sha256)."""
     save_weights(out, state, header)
     digest = sha256_of(out)
     atomic_write_text(sidecar_path(out), f"{digest}  {out.name}\n")
@@ -56,8 +66,8 @@ def read_sam_weights(path: Path, expected_sha256: str | None = None) -> tuple[di
     if expected:
         verify_sha256(path, expected)
     tensors, header = load_weights(path)
-    if header.get("format", "segment-anything") != "segment-anything":
-        raise CheckpointError(f"{path}: header format is {header.get('format')!r}, expected 'segment-anything'")
+    if header.get("format", "segment-anything") not in FORMATS:
+        raise CheckpointError(f"{path}: header format is {header.get('format')!r}, expected one of {FORMATS}")
     return tensors, header
 
 

@@ -1,0 +1,74 @@
+"""A base encoder pre-trained by the kit itself, then used as a backbone checkpoint."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from samora_kit.plugins import default_registry
+from samora_kit.runner import run
+from samora_kit.weights.io import load_weights, read_header
+
+from .synthetic import tiny_recipe, write_decathlon
+
+pytestmark = pytest.mark.slow
+
+
+def _base_recipe(tmp_path: Path, data: Path) -> Path:
+    path = tmp_path / "base.toml"
+    path.write_text(f"""
+[run]
+name = "base"
+output_dir = "{tmp_path / 'base'}"
+seed = 5
+device = "cpu"
+
+[backbone]
+name = "sam"
+variant = "tiny"
+image_size = 64
+
+[data]
+name = "unlabelled_pool"
+root = "{data}"
+subdir = "imagesTr"
+
+[train]
+epochs = 1
+batch_size = 4
+max_steps = 4
+warmup_iters = 1
+lr = 0.001
+
+[base_pretraining]
+pretext = {{ name = "mae", hidden_dim = 32 }}
+""")
+    return path
+
+
+def test_base_encoder_is_self_pretrained_and_loads_as_a_backbone(tmp_path):
+    data = write_decathlon(tmp_path / "data", n_cases=3)
+    run(_base_recipe(tmp_path, data), [], False, ["test"], show_progress=False)
+    base = tmp_path / "base" / "base.safetensors"
+    header = read_header(base)
+    assert header["origin"] == "self-pre-trained" and header["format"] == "sam-encoder"
+    assert "SAM" not in header["origin"] and header["steps"] == 4
+    assert Path(f"{base}.sha256").read_text().split()[0]
+
+    tensors, _ = load_weights(base)
+    torch.manual_seed(5)  # the random encoder the base run started from
+    untrained = default_registry().get("backbone", "sam").build({"variant": "tiny", "image_size": 64})
+    start = untrained.encoder_state_in_sam_layout()
+    assert set(tensors) == set(start)
+    assert any(not torch.equal(tensors[k], start[k]) for k in tensors if ".attn.qkv." in k)  # it learned
+
+    loaded = default_registry().get("backbone", "sam").build(
+        {"variant": "tiny", "image_size": 64, "checkpoint": str(base)})
+    for key, value in loaded.encoder_state_in_sam_layout().items():
+        assert torch.equal(value, tensors[key]), key
+
+    recipe = tmp_path / "samed.toml"  # SAMed on top: the decoder starts fresh, the encoder from the base
+    recipe.write_text(tiny_recipe(data, tmp_path / "samed", ["case_000"], ["case_001"], epochs=1)
+                      .replace("image_size = 64\n", f'image_size = 64\ncheckpoint = "{base}"\n'))
+    run(recipe, [], False, ["test"], show_progress=False)
+    assert (tmp_path / "samed" / "eval" / "summary.json").exists()
