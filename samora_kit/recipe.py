@@ -1,8 +1,11 @@
 """TOML recipe -> validated pydantic objects. A recipe is data: no eval, no imports.
 
-Component sections (`backbone`, `decoder`, `data`) pick a registered component with
-`name = "..."`; the rest of the section is checked against that component's config.
-Every problem is collected into one RecipeError with key paths and did-you-mean hints.
+Component tables (`backbone`, `data`, `decoder`, `fuser`, and each expert's `pretext` and
+`teacher`) pick a registered component with `name = "..."`; the rest of the table is checked
+against that component's config. A recipe does one thing: segmentation (`[decoder]`), stage-1
+expert pre-training (`[[experts]]`) or base-encoder pre-training (`[base_pretraining]`).
+`base = "other.toml"` merges the recipe over another. Every problem is collected into one
+RecipeError with key paths and did-you-mean hints.
 """
 
 from __future__ import annotations
