@@ -69,3 +69,33 @@ test = {{ cases = {json.dumps(test_cases)} }}
 [eval]
 overlays = 1
 """
+
+
+def pool_recipe(data_root: Path, run_dir: Path, seed: int, max_steps: int, tail: str) -> str:
+    """A self-supervised recipe for the tiny SAM on a synthetic folder's images; `tail` says
+    what it trains ([[experts]] entries or [base_pretraining])."""
+    return f"""
+[run]
+name = "{run_dir.name}"
+output_dir = "{run_dir}"
+seed = {seed}
+device = "cpu"
+
+[backbone]
+name = "sam"
+variant = "tiny"
+image_size = 64
+
+[data]
+name = "unlabelled_pool"
+root = "{data_root}"
+subdir = "imagesTr"
+
+[train]
+epochs = 1
+batch_size = 4
+max_steps = {max_steps}
+warmup_iters = 1
+lr = 0.001
+log_every = 1
+{tail}"""

@@ -9,40 +9,15 @@ from samora_kit.plugins import default_registry
 from samora_kit.runner import run
 from samora_kit.weights.io import load_weights, read_header
 
-from .synthetic import tiny_recipe, write_decathlon
+from .synthetic import pool_recipe, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 
 
 def _base_recipe(tmp_path: Path, data: Path) -> Path:
     path = tmp_path / "base.toml"
-    path.write_text(f"""
-[run]
-name = "base"
-output_dir = "{tmp_path / 'base'}"
-seed = 5
-device = "cpu"
-
-[backbone]
-name = "sam"
-variant = "tiny"
-image_size = 64
-
-[data]
-name = "unlabelled_pool"
-root = "{data}"
-subdir = "imagesTr"
-
-[train]
-epochs = 1
-batch_size = 4
-max_steps = 4
-warmup_iters = 1
-lr = 0.001
-
-[base_pretraining]
-pretext = {{ name = "mae", hidden_dim = 32 }}
-""")
+    path.write_text(pool_recipe(data, tmp_path / "base", seed=5, max_steps=4,
+                                tail='\n[base_pretraining]\npretext = { name = "mae", hidden_dim = 32 }\n'))
     return path
 
 

@@ -14,50 +14,30 @@ from samora_kit.runner import load_run, run
 from samora_kit.train.model import build_model
 from samora_kit.weights.expert_pack import load_expert_pack
 
-from .synthetic import tiny_recipe, write_decathlon
+from .synthetic import pool_recipe, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _stage1_recipe(tmp_path: Path, data: Path) -> Path:
-    path = tmp_path / "pretrain.toml"
-    path.write_text(f"""
-[run]
-name = "pretrain"
-output_dir = "{tmp_path / 'pretrain'}"
-seed = 3
-device = "cpu"
-
-[backbone]
-name = "sam"
-variant = "tiny"
-image_size = 64
-
-[data]
-name = "unlabelled_pool"
-root = "{data}"
-subdir = "imagesTr"
-
-[train]
-epochs = 1
-batch_size = 4
-max_steps = 3
-warmup_iters = 1
-log_every = 1
-
+STAGE1_EXPERTS = """
 [[experts]]
 name = "image"
-pretext = {{ name = "simclrv2", hidden_dim = 32 }}
+pretext = { name = "simclrv2", hidden_dim = 32 }
 
 [[experts]]
 name = "patch"
-pretext = {{ name = "mae", hidden_dim = 32 }}
+pretext = { name = "mae", hidden_dim = 32 }
 
 [[experts]]
 name = "pixel"
-pretext = {{ name = "denoise", decoder_channels = [16, 16, 8, 8] }}
-""")
+pretext = { name = "denoise", decoder_channels = [16, 16, 8, 8] }
+"""
+
+
+def _stage1_recipe(tmp_path: Path, data: Path) -> Path:
+    path = tmp_path / "pretrain.toml"
+    path.write_text(pool_recipe(data, tmp_path / "pretrain", seed=3, max_steps=3, tail=STAGE1_EXPERTS))
     return path
 
 
