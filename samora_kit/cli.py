@@ -1,4 +1,4 @@
-"""samora-kit command line: run, validate, plugins, schema, weights, evaluate, predict."""
+"""samora-kit command line: run, validate, plugins, schema, weights, data, evaluate, compare, predict."""
 
 from __future__ import annotations
 
@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="empty-mask policy (repeatable; default: the recipe's)")
     ev.add_argument("--output", type=Path, help="report folder (default RUN_DIR/eval)")
     ev.set_defaults(func=_evaluate)
+
+    cmp = sub.add_parser("compare", help="paired Wilcoxon test per class between two evaluated runs")
+    cmp.add_argument("run_a", type=Path)
+    cmp.add_argument("run_b", type=Path)
+    cmp.add_argument("--policy", choices=["transunet", "strict"], default="transunet")
+    cmp.set_defaults(func=_compare)
 
     pr = sub.add_parser("predict", help="segment NIfTI volumes with a finished run")
     pr.add_argument("run_dir", type=Path)
@@ -173,6 +179,13 @@ def _evaluate(args, console):
     summary = evaluate(model, adapter, policies, args.output or args.run_dir / "eval",
                        recipe.eval.batch_size, overlays=recipe.eval.overlays, console=console)
     console.print(summary_table(summary, adapter.class_names, f"{args.run_dir}: test set"))
+
+
+def _compare(args, console):
+    from .eval.compare import paired_table, paired_tests
+
+    results = paired_tests(args.run_a, args.run_b, args.policy)
+    console.print(paired_table(results, args.run_a.name, args.run_b.name, args.policy))
 
 
 def _predict(args, console):
