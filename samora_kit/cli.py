@@ -1,4 +1,5 @@
-"""samora-kit command line: run, validate, plugins, schema, weights, data, evaluate, compare, predict."""
+"""samora-kit command line: run, validate, plugins, schema, weights, data, evaluate, compare, explain,
+predict."""
 
 from __future__ import annotations
 
@@ -88,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_b", type=Path)
     cmp.add_argument("--policy", choices=["transunet", "strict"], default="transunet")
     cmp.set_defaults(func=_compare)
+
+    ex = sub.add_parser("explain", help="encoder heat maps (Grad-CAM) of one test case, runs side by side")
+    ex.add_argument("runs", type=Path, nargs="+")
+    ex.add_argument("--case", required=True, help="a test case id of the runs' data set")
+    ex.add_argument("--output", type=Path, required=True, help="the PNG to write")
+    ex.set_defaults(func=_explain)
 
     pr = sub.add_parser("predict", help="segment NIfTI volumes with a finished run")
     pr.add_argument("run_dir", type=Path)
@@ -186,6 +193,24 @@ def _compare(args, console):
 
     results = paired_tests(args.run_a, args.run_b, args.policy)
     console.print(paired_table(results, args.run_a.name, args.run_b.name, args.policy))
+
+
+def _explain(args, console):
+    import numpy as np
+
+    from .eval.explain import encoder_heatmap, save_heatmaps
+    from .runner import load_run
+
+    maps, image = {}, None
+    for run_dir in args.runs:
+        _, adapter, model = load_run(run_dir)
+        volume = adapter.load_case(args.case)
+        if image is None:  # the slice with the most foreground (or the middle one)
+            z = int(np.argmax((volume.label > 0).reshape(len(volume.label), -1).sum(1))) \
+                if volume.label is not None else len(volume.image) // 2
+            image = volume.image[z]
+        maps[run_dir.name] = encoder_heatmap(model, image)
+    console.print(f"wrote {save_heatmaps(image, maps, args.output, f'{args.case}, slice {z}')}")
 
 
 def _predict(args, console):

@@ -192,3 +192,17 @@ def test_weights_refuse_a_model_of_another_architecture(trained, tmp_path):
                       r"the model expects \((\d+), (\d+)\)", message)
     assert found, message
     assert sorted(map(int, found.group(2, 3))) == [4, 96] and sorted(map(int, found.group(4, 5))) == [8, 96]
+
+
+def test_explain_writes_encoder_heat_maps_side_by_side(trained, tmp_path, capsys):
+    from samora_kit.cli import main
+    from samora_kit.eval.explain import encoder_heatmap
+    from samora_kit.runner import load_run
+
+    _, adapter, model = load_run(trained)
+    case = adapter.cases("test")[0]
+    heat = encoder_heatmap(model, adapter.load_case(case).image[10])
+    assert heat.shape == adapter.load_case(case).image.shape[1:] and 0 <= heat.min() and heat.max() == 1
+    png = tmp_path / "explain.png"
+    assert main(["explain", str(trained), str(trained), "--case", case, "--output", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,48 @@
+"""Where the encoder looks: Grad-CAM of the foreground logits on the encoder's output embedding,
+for one slice, several runs side by side (the paper's Fig. 5 compares SAMed and SAMora)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ..data.slices import slice_to_model_input  # noqa: E402
+from ..weights.io import atomic_write  # noqa: E402
+
+
+def encoder_heatmap(model, image_hw: np.ndarray) -> np.ndarray:
+    """Grad-CAM in [0, 1] at the slice's size: channel weights = mean gradient of the summed
+    foreground logits w.r.t. the embedding; map = ReLU(weighted sum of channels)."""
+    model.eval()
+    x = slice_to_model_input(image_hw, model.image_size)[None]
+    embedding = model.backbone(x).detach().requires_grad_(True)  # 1, C, g, g
+    logits = model.decoder(embedding)
+    foreground = logits[:, 1:].sum()
+    (grad,) = torch.autograd.grad(foreground, embedding)
+    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * embedding).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=image_hw.shape, mode="bilinear", align_corners=False)[0, 0].detach()
+    return (cam / cam.max()).numpy() if cam.max() > 0 else cam.numpy()
+
+
+def save_heatmaps(image_hw: np.ndarray, maps: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.6), squeeze=False)
+    axes[0][0].imshow(image_hw, cmap="gray", vmin=0, vmax=1)
+    axes[0][0].set_title("image")
+    for ax, (name, heat) in zip(axes[0][1:], maps.items()):
+        ax.imshow(image_hw, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(name)
+    for ax in axes[0]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
