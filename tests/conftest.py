@@ -17,3 +17,16 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture
 def hippocampus() -> Path:
     return shared_dataset("msd_hippocampus")
+
+
+@pytest.fixture(scope="module")
+def dataset_registry():
+    """A registry holding only the built-in dataset plugin, not whatever else is installed."""
+    from samora_kit.plugins import DISABLE_AUTOLOAD, load_plugins
+    from samora_kit_plugins import datasets as dataset_plugins
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DISABLE_AUTOLOAD, "1")
+        loaded = load_plugins(extra=[dataset_plugins])
+    assert not loaded.failures
+    return loaded.registry

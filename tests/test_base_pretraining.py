@@ -47,3 +47,7 @@ def test_base_encoder_is_self_pretrained_and_loads_as_a_backbone(tmp_path):
                       .replace("image_size = 64\n", f'image_size = 64\ncheckpoint = "{base}"\n'))
     run(recipe, [], False, ["test"], show_progress=False)
     assert (tmp_path / "samed" / "eval" / "summary.json").exists()
+
+    for decoder in ("samed", "hsam"):  # both SAM decoders start fresh on a base that holds no decoder
+        built = default_registry().get("decoder", decoder).build({}, backbone=loaded, num_classes=2)
+        assert built.num_classes == 2

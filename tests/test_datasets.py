@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-import samora_kit_plugins.datasets as dataset_plugins
 from samora_kit.data.intensity import IntensityConfig, normalise
 from samora_kit.data.nifti import read_nifti, write_nifti_like
 from samora_kit.data.selection import CaseSelection
 from samora_kit.errors import DataError
 from samora_kit.interfaces import DatasetAdapter
-from samora_kit.plugins import DISABLE_AUTOLOAD, load_plugins
 from samora_kit_plugins.datasets import mni152_demo
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -30,12 +28,8 @@ needs_acdc = pytest.mark.skipif(not (ACDC / "volumes").is_dir(), reason=f"ACDC d
 
 
 @pytest.fixture(scope="module")
-def registry():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DISABLE_AUTOLOAD, "1")  # only the dataset plugin, not whatever else is installed
-        loaded = load_plugins(extra=[dataset_plugins])
-    assert not loaded.failures
-    return loaded.registry
+def registry(dataset_registry):
+    return dataset_registry
 
 
 def build(registry, name: str, config: dict):

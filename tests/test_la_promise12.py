@@ -8,10 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-import samora_kit_plugins.datasets as dataset_plugins
 from samora_kit.convert import KINDS, convert
 from samora_kit.errors import DataError
-from samora_kit.plugins import DISABLE_AUTOLOAD, load_plugins
 from samora_kit_plugins.datasets import la, promise12
 from samora_kit_plugins.datasets.promise12 import read_metaimage, write_metaimage
 
@@ -22,12 +20,8 @@ P12_TEST = ["Case12", "Case13", "Case16", "Case20", "Case23", "Case28", "Case34"
 
 
 @pytest.fixture(scope="module")
-def registry():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DISABLE_AUTOLOAD, "1")
-        loaded = load_plugins(extra=[dataset_plugins])
-    assert not loaded.failures
-    return loaded.registry
+def registry(dataset_registry):
+    return dataset_registry
 
 
 def build(registry, name: str, config: dict):

@@ -16,10 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import samora_kit_plugins.datasets as dataset_plugins
 from samora_kit.errors import DataError, SamoraError
 from samora_kit.interfaces import DatasetAdapter
-from samora_kit.plugins import DISABLE_AUTOLOAD, load_plugins
 
 
 needs_pydicom = pytest.mark.skipif(importlib.util.find_spec("pydicom") is None,
@@ -27,12 +25,8 @@ needs_pydicom = pytest.mark.skipif(importlib.util.find_spec("pydicom") is None,
 
 
 @pytest.fixture(scope="module")
-def registry():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DISABLE_AUTOLOAD, "1")
-        loaded = load_plugins(extra=[dataset_plugins])
-    assert not loaded.failures
-    return loaded.registry
+def registry(dataset_registry):
+    return dataset_registry
 
 
 def pool(registry, root: Path, **config):

@@ -69,7 +69,7 @@ from samora_kit.hookspecs import hookimpl
 from samora_kit.registry import ComponentConfig
 from samora_kit.train.losses import DiceCELoss
 
-from .samed import SamedDecoder, default_mlp_dim, default_num_heads
+from .samed import SamedDecoder, default_mlp_dim, default_num_heads, pretrained_decoder_file
 
 SELF_ATTN_HEAD_CHOICES = (8, 7, 4, 2, 1)
 SELF_ATTN_MLP_DIM = 2048  # H-SAM's MLPBlock(HW, 2048)
@@ -369,9 +369,9 @@ def build_hsam_decoder(config: HSamDecoderConfig, *, backbone, num_classes: int)
     """H-SAM's two-stage hierarchical decoder (SAMed decoder + prior-guided full-resolution decoder)."""
     decoder = HSamDecoder(num_classes, backbone.embed_channels, backbone.embed_grid, backbone.image_size,
                           config.transformer_depth, config.mlp_dim, config.embedding_noise, config.self_attn_heads)
-    path = getattr(backbone, "checkpoint_path", None) if config.checkpoint == "backbone" else config.checkpoint
+    path = pretrained_decoder_file(config.checkpoint, backbone)
     if path is not None:
-        decoder.load_pretrained(Path(path))
+        decoder.load_pretrained(path)
     return decoder
 
 

@@ -102,12 +102,21 @@ def build_samed_decoder(config: SamedDecoderConfig, *, backbone, num_classes: in
     """SAMed's prompt-free SAM mask decoder (num_classes + 1 masks at 4x the embedding grid)."""
     decoder = SamedDecoder(num_classes, backbone.embed_channels, backbone.embed_grid, backbone.image_size,
                            config.transformer_depth, config.mlp_dim, config.num_heads)
-    path = getattr(backbone, "checkpoint_path", None) if config.checkpoint == "backbone" else config.checkpoint
-    if config.checkpoint == "backbone" and path is not None and read_header(path).get("format") == "sam-encoder":
-        path = None  # a self-pre-trained encoder has no decoder to start from
+    path = pretrained_decoder_file(config.checkpoint, backbone)
     if path is not None:
-        decoder.load_pretrained(Path(path))
+        decoder.load_pretrained(path)
     return decoder
+
+
+def pretrained_decoder_file(checkpoint: str | Path | None, backbone) -> Path | None:
+    """The file a SAM mask decoder starts from: "backbone" means the backbone's imported SAM file,
+    unless that is a self-pre-trained encoder, which holds no decoder."""
+    if checkpoint != "backbone":
+        return None if checkpoint is None else Path(checkpoint)
+    path = getattr(backbone, "checkpoint_path", None)
+    if path is None or read_header(path).get("format") == "sam-encoder":
+        return None
+    return Path(path)
 
 
 @hookimpl
