@@ -1,13 +1,16 @@
-"""Few-shot benchmark: SAMed against SAMora on real held-out subjects, same base encoder, labels,
-augmentation and evaluation; SAMora fine-tunes for 10 % of SAMed's epochs (the recipes say so).
+"""Few-shot benchmark on real held-out subjects: SAMed vs SAMora, H-SAM vs H-SAMora, SAMed-2 vs
+SAMora-2, each pair on the same self-pre-trained base encoder, labels, augmentation and evaluation;
+the SAMora arms fine-tune for 10 % of their baseline's epochs (the recipes say so).
 
-    python benchmarks/fewshot.py                                  # k = 1, 3, 5 x 5 draws, all test subjects
+    python benchmarks/fewshot.py --ablations 3                    # k = 1, 3, 5 x 5 draws, all six arms
+    python benchmarks/fewshot.py --arms samed samora              # one pair only
     python benchmarks/fewshot.py --ks 1 --draws 1 --test-count 4 --epochs-scale 0.05   # a smoke run
 
 Every run is `samora-kit run` of recipes/fewshot/* with overrides, in runs/fewshot/<arm>-k<k>-d<draw>;
-finished runs are reused. The base encoder (recipes/base_pretrain.toml) and SAMora's stage-1 experts
-are trained once (in full, whatever --epochs-scale says). The table (mean ± std over draws of the per-subject means) is printed and written
-between the fewshot markers of docs/benchmarks.md, with the command line that produced it.
+finished runs are reused. The base encoders (recipes/base_pretrain*.toml) and the stage-1 experts are
+trained once, first, in full whatever --epochs-scale says, and timed apart from the arms. The table
+(mean ± std over draws of the per-subject means) is printed and written between the fewshot markers
+of docs/benchmarks.md, with the command line that produced it.
 """
 
 from __future__ import annotations
@@ -27,23 +30,31 @@ from samora_kit.plugins import default_registry  # noqa: E402
 from samora_kit.recipe import load_recipe  # noqa: E402
 from samora_kit.runner import run, run_dir_of  # noqa: E402
 
-ARMS = {"samed": "recipes/fewshot/hippocampus_samed.toml", "samora": "recipes/fewshot/hippocampus_samora.toml"}
-ABLATIONS = {  # name -> overrides of the SAMora arm (Table 4 and 5 at one k)
-    "fuser sum": ['fuser={ name = "sum" }'],
-    "fuser lac": ['fuser={ name = "lac" }'],
-    "fuser mole": ['fuser={ name = "mole" }'],
-    "fuser lorahub": ['fuser={ name = "lorahub" }'],
-    "order 1-2-1": ['fuser.order=["pixel", "image", "patch"]'],
-    "order 1-1-2": ['fuser.order=["patch", "image", "pixel"]'],
-    "image expert only": ['backbone.experts.names=["image"]', 'fuser={ name = "sum" }'],
-    "patch expert only": ['backbone.experts.names=["patch"]', 'fuser={ name = "sum" }'],
-    "pixel expert only": ['backbone.experts.names=["pixel"]', 'fuser={ name = "sum" }'],
+ARMS = {arm: f"recipes/fewshot/hippocampus_{arm}.toml" for arm in
+        ("samed", "samora", "h_sam", "h_samora", "samed2", "samora2")}
+BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
+TIMING = "fewshot-seconds.txt"
+ABLATIONS = {  # label -> (arm, overrides): Table 4 and 5 at one k, then the schedule diagnostics
+    "samora fuser sum": ("samora", ['fuser={ name = "sum" }']),
+    "samora fuser lac": ("samora", ['fuser={ name = "lac" }']),
+    "samora fuser mole": ("samora", ['fuser={ name = "mole" }']),
+    "samora fuser lorahub": ("samora", ['fuser={ name = "lorahub" }']),
+    "samora order 1-2-1": ("samora", ['fuser.order=["pixel", "image", "patch"]']),
+    "samora order 1-1-2": ("samora", ['fuser.order=["patch", "image", "pixel"]']),
+    "samora image expert only": ("samora", ['backbone.experts.names=["image"]', 'fuser={ name = "sum" }']),
+    "samora patch expert only": ("samora", ['backbone.experts.names=["patch"]', 'fuser={ name = "sum" }']),
+    "samora pixel expert only": ("samora", ['backbone.experts.names=["pixel"]', 'fuser={ name = "sum" }']),
+    # is it the experts or the schedule? each arm on the other's epochs, and SAMora without warm-up
+    "samora at samed's epochs": ("samora", ["train.epochs=100"]),
+    "samora no warm-up": ("samora", ["train.warmup_iters=0"]),
+    "samed at samora's epochs": ("samed", ["train.epochs=10"]),
 }
 START, END = "<!-- fewshot:start -->", "<!-- fewshot:end -->"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
@@ -54,33 +65,59 @@ def main() -> None:
     args = p.parse_args()
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
 
-    base = REPO / "runs" / "base-hippocampus" / "base.safetensors"
-    if not base.exists():
-        _timed(REPO / "recipes" / "base_pretrain.toml", [])  # always in full: every later run builds on it
+    one_off = _one_off_stages([ARMS[arm] for arm in args.arms])
     results: dict[tuple[str, int], list[dict]] = {}
     for k in args.ks:
         for draw in range(args.draws):
-            for arm, recipe in ARMS.items():
-                results.setdefault((arm, k), []).append(_run_arm(recipe, arm, k, draw, [], args))
+            for arm in args.arms:
+                results.setdefault((arm, k), []).append(_run_arm(ARMS[arm], arm, k, draw, [], args))
     if args.ablations:
-        for name, extra in ABLATIONS.items():
+        for label, (arm, extra) in ABLATIONS.items():
+            folder = label.replace(" ", "_").replace("'", "")
             for draw in range(args.draws):
-                label = "samora " + name
                 results.setdefault((label, args.ablations), []).append(
-                    _run_arm(ARMS["samora"], label.replace(" ", "_"), args.ablations, draw, extra, args))
-    table = _markdown(results, command, args)
+                    _run_arm(ARMS[arm], folder, args.ablations, draw, extra, args))
+    table = _markdown(results, command, args) + _one_off_table(one_off)
     print(table)
     if not args.no_docs:
         _write_docs(table)
 
 
+def _one_off_stages(arm_recipes: list[str]) -> dict[str, str]:
+    """Train (or reuse) the base encoders and stage-1 experts the arms build on, each timed on its own.
+    Returns stage recipe -> its wall seconds as text ("reused" when it was finished before timing)."""
+    registry = default_registry()
+    stages: list[str] = []
+    for path in arm_recipes:
+        recipe = load_recipe(REPO / path, registry)
+        stages.append(BASES[recipe.backbone.name])
+        if recipe.pretrain is not None:
+            stages.append(str(recipe.pretrain.recipe))
+    seconds = {}
+    for stage in dict.fromkeys(stages):
+        recipe = load_recipe(REPO / stage, registry)
+        folder = run_dir_of(recipe)
+        if not _finished(recipe, folder):
+            (folder / TIMING).parent.mkdir(parents=True, exist_ok=True)
+            elapsed = _timed(REPO / stage, [])
+            (folder / TIMING).write_text(f"{elapsed:.1f}\n")
+        seconds[stage] = (folder / TIMING).read_text().strip() if (folder / TIMING).exists() else "reused"
+    return seconds
+
+
+def _finished(recipe, folder: Path) -> bool:
+    if recipe.base_pretraining is not None:
+        return (folder / "base.safetensors").exists()
+    return all((folder / "experts" / f"{e.name}.safetensors").exists() for e in recipe.experts)
+
+
 def _run_arm(recipe: str, arm: str, k: int, draw: int, extra: list[str], args) -> dict:
     out = args.runs / f"{arm}-k{k}-d{draw}"
     overrides = [f"data.train.key=support_sets.k{k}.{draw}", f"run.output_dir={out}", *extra,
-                 *_scaled(recipe, args.epochs_scale)]
+                 *_scaled(recipe, extra, args.epochs_scale)]
     if args.test_count:
         overrides.append(f"data.test.count={args.test_count}")
-    timing = out / "fewshot-seconds.txt"
+    timing = out / TIMING
     if not (out / "eval" / "summary.json").exists():
         seconds = _timed(REPO / recipe, overrides)
         timing.write_text(f"{seconds:.1f}\n")
@@ -88,10 +125,10 @@ def _run_arm(recipe: str, arm: str, k: int, draw: int, extra: list[str], args) -
     return {"summary": summary, "seconds": float(timing.read_text()) if timing.exists() else float("nan")}
 
 
-def _scaled(recipe: str, scale: float) -> list[str]:
+def _scaled(recipe: str, extra: list[str], scale: float) -> list[str]:
     if scale == 1.0:
         return []
-    epochs = load_recipe(REPO / recipe, default_registry()).train.epochs
+    epochs = load_recipe(REPO / recipe, default_registry(), extra).train.epochs
     return [f"train.epochs={max(1, round(epochs * scale))}"]
 
 
@@ -121,6 +158,15 @@ def _markdown(results: dict, command: str, args) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _one_off_table(seconds: dict[str, str]) -> str:
+    lines = ["One-off stages the arms build on (trained once, not in the arms' wall time):", "",
+             "| stage | recipe | wall s |", "|---|---|---|"]
+    for stage, value in seconds.items():
+        kind = "base encoder" if "base_pretrain" in stage else "stage-1 experts"
+        lines.append(f"| {kind} | `{stage}` | {value} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pm(values: list, scale: float) -> str:

@@ -64,10 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_schema)
 
     weights = sub.add_parser("weights", help="weights files").add_subparsers(dest="action", required=True)
-    imp = weights.add_parser("import", help="convert an official SAM .pth into checksummed safetensors")
+    imp = weights.add_parser("import", help="convert an official SAM .pth (or SAM2 .pt) into checksummed safetensors")
     imp.add_argument("source", type=Path)
     imp.add_argument("output", type=Path)
-    imp.add_argument("--variant", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    imp.add_argument("--format", choices=["segment-anything", "sam2"], default="segment-anything",
+                     help="segment-anything (SAM .pth, default) or sam2 (SAM2 .pt)")
+    imp.add_argument("--variant", choices=["vit_b", "vit_l", "vit_h", "tiny", "t", "s", "b+", "l"],
+                     help="refuse the file unless it holds this variant (SAM: vit_*/tiny; SAM2: t/s/b+/l/tiny)")
     imp.set_defaults(func=_weights_import)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
@@ -165,9 +168,9 @@ def _schema(args, console):
 
 
 def _weights_import(args, console):
-    from .weights.import_sam import import_sam_checkpoint
+    from .weights.import_sam import import_checkpoint
 
-    out, digest = import_sam_checkpoint(args.source, args.output, args.variant)
+    out, digest = import_checkpoint(args.source, args.output, args.variant, args.format)
     console.print(f"wrote {out}\nsha256 {digest}")
 
 

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 from .data.volume import Volume
 
 
+class FeaturePyramid(NamedTuple):
+    """A backbone output with finer levels besides the embedding (SAM2's image encoder).
+
+    `embedding` is the B,C,g,g map every decoder reads (g = S / 16); `high_res` holds the
+    higher-resolution maps, finest first (SAM2: strides 4 and 8, B,C',4g,4g and B,C',2g,2g)."""
+
+    embedding: torch.Tensor
+    high_res: tuple[torch.Tensor, ...]
+
+
+def embedding_of(features: "torch.Tensor | FeaturePyramid") -> torch.Tensor:
+    """The B,C,g,g embedding of a backbone output, whether a plain tensor or a FeaturePyramid."""
+    return features.embedding if isinstance(features, FeaturePyramid) else features
+
+
 @runtime_checkable
 class Backbone(Protocol):
-    """Image encoder. Input B,3,S,S in [0, 1]; output B,C,g,g (g = S / patch)."""
+    """Image encoder. Input B,3,S,S in [0, 1]; output B,C,g,g (g = S / 16), or a FeaturePyramid
+    whose `embedding` is that map (decoders that need only the embedding call `embedding_of`)."""
 
     image_size: int
     embed_channels: int
@@ -25,12 +41,33 @@ class Backbone(Protocol):
 
 
 @runtime_checkable
+class PretrainableBackbone(Backbone, Protocol):
+    """What stage-1 pretext tasks read from a backbone besides its output (SAM and SAM2 have it)."""
+
+    token_channels: int       # W of `tokens`
+    block_channels: list[int]  # output width of each encoder block, in order
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """B,g,g,W features on the 16-px grid that every LoRA block feeds (the patch-level student)."""
+        ...
+
+    def block_outputs(self, images: torch.Tensor, blocks: list[int]
+                      ) -> "tuple[torch.Tensor | FeaturePyramid, list[torch.Tensor]]":
+        """One pass: (the backbone output, channels-last B,h,w,W_i outputs of `blocks`, in that order)."""
+        ...
+
+    def default_skip_blocks(self) -> list[int]:
+        """Blocks whose outputs make good U-Net skips (the pixel-level decoder), shallow to deep."""
+        ...
+
+
+@runtime_checkable
 class Decoder(Protocol):
-    """Prompt-free mask decoder: embedding B,C,g,g -> logits B,num_classes+1,4g,4g."""
+    """Prompt-free mask decoder: backbone output (B,C,g,g or a FeaturePyramid) -> logits B,num_classes+1,4g,4g."""
 
     num_classes: int
 
-    def __call__(self, embedding: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, features: "torch.Tensor | FeaturePyramid") -> torch.Tensor: ...
 
 
 @runtime_checkable

@@ -96,14 +96,15 @@ def _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, s
 def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: bool = False,
                   console: Console | None = None, show_progress: bool = True) -> Path:
     """Train the whole image encoder from random weights with a teacher-free pretext task and
-    save it in SAM's key layout; its header says it is self-pre-trained, not SAM."""
+    save it in the backbone's official key layout (SAM's or SAM2's); its header says it is
+    self-pre-trained, never SAM."""
     console = console or Console()
     adapter = _unlabelled_source(recipe, registry)
     backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone)
-    if not hasattr(backbone, "encoder_state_in_sam_layout"):
+    if not hasattr(backbone, "encoder_state_in_official_layout"):
         raise SamoraError(f"backbone.name = {recipe.backbone.name!r} cannot export a base encoder")
-    for name, param in backbone.encoder.named_parameters():
-        param.requires_grad = ".lora_" not in name  # the encoder itself learns; LoRA stays zero
+    for name, param in backbone.named_parameters():
+        param.requires_grad = ".lora_" not in name  # the encoder (and SAM2's neck) learns; LoRA stays zero
     task = registry.get("pretext", recipe.base_pretraining.pretext.name).build(
         recipe.base_pretraining.pretext, backbone=backbone, teacher=None)
     dataset = adapter.slice_dataset(backbone.image_size)
@@ -116,11 +117,11 @@ def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: boo
     if ctx.is_main:
         from .weights.import_sam import save_sam_layout
 
-        header = {"format": "sam-encoder", "origin": "self-pre-trained", "variant": backbone.variant,
+        header = {"format": backbone.ENCODER_ONLY_FORMAT, "origin": "self-pre-trained", "variant": backbone.variant,
                   "source_image_size": backbone.image_size, "pretext": recipe.base_pretraining.pretext.name,
                   "data_fingerprint": fingerprint(recipe.data, adapter.cases("train")), "steps": result.steps,
                   "final_loss": result.final_loss, "samora_kit_version": __version__}
-        _, digest = save_sam_layout(path, backbone.encoder_state_in_sam_layout(), header)
+        _, digest = save_sam_layout(path, backbone.encoder_state_in_official_layout(), header)
         console.print(f"base encoder: {result.steps} steps, final loss {result.final_loss:.4f} -> {path}\n"
                       f"use it with backbone.checkpoint = \"{path}\" (sha256 {digest})")
     return path

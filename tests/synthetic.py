@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 
@@ -99,3 +100,66 @@ warmup_iters = 1
 lr = 0.001
 log_every = 1
 {tail}"""
+
+
+def make_synapse(root: Path) -> Path:
+    """TransUNet's Synapse layout: train_npz/<slice>.npz, test_vol_h5/<case>.npy.h5, lists/ (train.txt,
+    a 2-slice subset train_2.txt, test_vol.txt)."""
+    rng = np.random.default_rng(0)
+    (root / "train_npz").mkdir(parents=True)
+    (root / "test_vol_h5").mkdir()
+    (root / "lists").mkdir()
+    slices = [f"case0005_slice{n:03d}" for n in range(3)] + ["case0006_slice000"]
+    for name in slices:
+        np.savez(root / "train_npz" / f"{name}.npz", image=rng.random((16, 16), np.float32),
+                 label=rng.integers(0, 9, (16, 16)).astype(np.float32))
+    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as h5:
+        h5["image"], h5["label"] = rng.random((4, 16, 16), np.float32), rng.integers(0, 9, (4, 16, 16))
+    (root / "lists" / "train.txt").write_text("\n".join(slices) + "\n")
+    (root / "lists" / "train_2.txt").write_text("case0005_slice001\ncase0006_slice000\n")
+    (root / "lists" / "test_vol.txt").write_text("case0001\n")
+    return root
+
+
+LA_HWD = (6, 5, 3)
+
+
+def la_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A z-scored image (as UA-MT stores it) and a 0/1 label, H,W,D."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=LA_HWD).astype(np.float32)
+    label = (rng.random(LA_HWD) > 0.6).astype(np.uint8)
+    return image, label
+
+
+def write_la_case(folder: Path, case: str, seed: int = 0, **override) -> Path:
+    """UA-MT's <folder>/<case>/mri_norm2.h5; `override` replaces or (None) drops a dataset."""
+    image, label = la_arrays(seed)
+    datasets = {"image": image, "label": label, **override}
+    path = folder / case / "mri_norm2.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as h5:
+        for key, value in datasets.items():
+            if value is not None:
+                h5.create_dataset(key, data=value)
+    return path
+
+
+P12_SPACING_XYZ = (0.625, 0.5, 3.6)
+
+
+def p12_arrays(seed: int, shape=(4, 7, 6)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 1200, size=shape).astype(np.int16)
+    label = (rng.random(shape) > 0.7).astype(np.uint8)
+    return image, label
+
+
+def write_p12_case(folder: Path, case: str, seed: int = 0) -> None:
+    """PROMISE12's <folder>/<case>.mhd and <case>_segmentation.mhd (MetaImage)."""
+    from samora_kit_plugins.datasets.promise12 import write_metaimage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image, label = p12_arrays(seed)
+    write_metaimage(folder / f"{case}.mhd", image, P12_SPACING_XYZ)
+    write_metaimage(folder / f"{case}_segmentation.mhd", label, P12_SPACING_XYZ)

@@ -33,13 +33,13 @@ def test_base_encoder_is_self_pretrained_and_loads_as_a_backbone(tmp_path):
     tensors, _ = load_weights(base)
     torch.manual_seed(5)  # the random encoder the base run started from
     untrained = default_registry().get("backbone", "sam").build({"variant": "tiny", "image_size": 64})
-    start = untrained.encoder_state_in_sam_layout()
+    start = untrained.encoder_state_in_official_layout()
     assert set(tensors) == set(start)
     assert any(not torch.equal(tensors[k], start[k]) for k in tensors if ".attn.qkv." in k)  # it learned
 
     loaded = default_registry().get("backbone", "sam").build(
         {"variant": "tiny", "image_size": 64, "checkpoint": str(base)})
-    for key, value in loaded.encoder_state_in_sam_layout().items():
+    for key, value in loaded.encoder_state_in_official_layout().items():
         assert torch.equal(value, tensors[key]), key
 
     recipe = tmp_path / "samed.toml"  # SAMed on top: the decoder starts fresh, the encoder from the base

@@ -131,7 +131,7 @@ def test_validate_prints_resolved_recipe_with_defaults(recipe, tmp_path, capsys)
 def test_every_shipped_recipe_validates(path, capsys):
     code, out, err = _cli(capsys, "validate", path)
     assert code == 0, err
-    assert _resolved(out)["backbone"]["name"] == "sam"
+    assert _resolved(out)["backbone"]["name"] in ("sam", "sam2")
 
 
 def test_overrides_are_checked_by_the_recipe_schema(recipe, capsys):
@@ -287,7 +287,7 @@ def test_third_party_plugin_is_listed_and_in_the_schema(site, tmp_path):
     written = _subprocess(["schema", "-o", schema_file], pythonpath=site)
     assert written.returncode == 0, written.stderr
     decoders = _components(json.loads(schema_file.read_text()), "decoder")
-    assert set(decoders) == {"samed", "hsam", "linear_probe"}
+    assert set(decoders) == {"samed", "hsam", "samed2", "linear_probe"}
     assert decoders["linear_probe"]["properties"]["scale"]["minimum"] == 1
 
 

@@ -19,6 +19,8 @@ from samora_kit.errors import DataError
 from samora_kit.interfaces import DatasetAdapter
 from samora_kit_plugins.datasets import mni152_demo
 
+from .synthetic import make_synapse
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIPPOCAMPUS = SHARED_DATA / "msd_hippocampus"
 ACDC = SHARED_DATA / "acdc"
@@ -232,23 +234,6 @@ def test_acdc_unknown_patient_and_bad_label_are_reported(registry, tmp_path):
 
 
 # ---- Synapse ----------------------------------------------------------------------------------
-
-def make_synapse(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    (root / "train_npz").mkdir(parents=True)
-    (root / "test_vol_h5").mkdir()
-    (root / "lists").mkdir()
-    slices = [f"case0005_slice{n:03d}" for n in range(3)] + ["case0006_slice000"]
-    for name in slices:
-        np.savez(root / "train_npz" / f"{name}.npz", image=rng.random((16, 16), np.float32),
-                 label=rng.integers(0, 9, (16, 16)).astype(np.float32))
-    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as h5:
-        h5["image"], h5["label"] = rng.random((4, 16, 16), np.float32), rng.integers(0, 9, (4, 16, 16))
-    (root / "lists" / "train.txt").write_text("\n".join(slices) + "\n")
-    (root / "lists" / "train_2.txt").write_text("case0005_slice001\ncase0006_slice000\n")
-    (root / "lists" / "test_vol.txt").write_text("case0001\n")
-    return root
-
 
 def test_synapse_reads_transunet_layout_from_list_files(registry, tmp_path):
     root = make_synapse(tmp_path)

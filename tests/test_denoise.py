@@ -1,4 +1,4 @@
-"""Pixel-level pretext task: denoising through SAM encoder + LoRA and a U-Net-style decoder with block skips."""
+"""Pixel-level pretext task: denoising through the encoder + LoRA and a U-Net-style decoder with block skips."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from samora_kit.errors import SamoraError
 from samora_kit.interfaces import PretextTask
 from samora_kit_plugins.datasets.unlabelled_pool import UnlabelledPoolConfig, build_unlabelled_pool
-from samora_kit_plugins.pretext.denoise import DenoiseConfig, build_denoise, default_skip_blocks
+from samora_kit_plugins.pretext.denoise import DenoiseConfig, build_denoise
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 
 from .conftest import shared_dataset
@@ -48,12 +48,10 @@ def real_slices() -> torch.Tensor:
     return torch.stack([slices[i] for i in picked])
 
 
-def test_default_skips_are_evenly_spaced_blocks():
-    assert default_skip_blocks(12) == [2, 5, 8]    # ViT-B: its first three global-attention blocks
-    assert default_skip_blocks(24) == [5, 11, 17]  # ViT-L
-    assert default_skip_blocks(32) == [7, 15, 23]  # ViT-H
-    assert default_skip_blocks(4) == [0, 1, 2]     # tiny
-    assert tiny_task().skip_blocks == [2, 1, 0]    # deepest first: it joins the coarsest decoder stage
+def test_default_skips_are_the_backbones_choice_deepest_first():
+    task = tiny_task()
+    assert task.backbone.default_skip_blocks() == [0, 1, 2]
+    assert task.skip_blocks == [2, 1, 0]  # deepest first: it joins the coarsest decoder stage
 
 
 def test_output_and_target_share_the_unit_range(real_slices):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from samora_kit.convert import KINDS, convert
 from samora_kit.errors import DataError
-from samora_kit_plugins.datasets import la, promise12
+from samora_kit_plugins.datasets import la
 from samora_kit_plugins.datasets.promise12 import read_metaimage, write_metaimage
+
+from .synthetic import LA_HWD, P12_SPACING_XYZ, la_arrays, p12_arrays, write_la_case, write_p12_case
 
 LA_TRAIN = la.read_list(la.TRAIN_LIST)
 LA_TEST = la.read_list(la.TEST_LIST)
@@ -30,28 +31,6 @@ def build(registry, name: str, config: dict):
 
 # ---- synthetic layouts --------------------------------------------------------------------------
 
-HWD = (6, 5, 3)
-
-
-def la_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    image = rng.normal(size=HWD).astype(np.float32)            # z-scored, like UA-MT
-    label = (rng.random(HWD) > 0.6).astype(np.uint8)
-    return image, label
-
-
-def write_la_case(folder: Path, case: str, seed: int = 0, **override) -> Path:
-    image, label = la_arrays(seed)
-    datasets = {"image": image, "label": label, **override}
-    path = folder / case / la.CASE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as h5:
-        for key, value in datasets.items():
-            if value is not None:
-                h5.create_dataset(key, data=value)
-    return path
-
-
 @pytest.fixture(scope="module")
 def la_download(tmp_path_factory) -> Path:
     """UA-MT's layout: data/2018LA_Seg_Training Set/<case>/mri_norm2.h5 for all 100 listed cases."""
@@ -62,23 +41,6 @@ def la_download(tmp_path_factory) -> Path:
     (data / "train.list").write_text("\n".join(LA_TRAIN) + "\n")
     (data / "test.list").write_text("\n".join(LA_TEST) + "\n")
     return data
-
-
-def p12_arrays(seed: int, shape=(4, 7, 6)) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 1200, size=shape).astype(np.int16)
-    label = (rng.random(shape) > 0.7).astype(np.uint8)
-    return image, label
-
-
-SPACING_XYZ = (0.625, 0.5, 3.6)
-
-
-def write_p12_case(folder: Path, case: str, seed: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    image, label = p12_arrays(seed)
-    write_metaimage(folder / f"{case}.mhd", image, SPACING_XYZ)
-    write_metaimage(folder / f"{case}_segmentation.mhd", label, SPACING_XYZ)
 
 
 @pytest.fixture()
@@ -135,7 +97,7 @@ def test_la_count_seed_selection_and_voxel_size(registry, la_download):
 
 def test_la_errors_name_the_problem(registry, tmp_path):
     root = tmp_path / "la"
-    write_la_case(root, "CASEA", label=np.full(HWD, 2, np.uint8))
+    write_la_case(root, "CASEA", label=np.full(LA_HWD, 2, np.uint8))
     write_la_case(root, "CASEB", label=None)
     write_la_case(root, "CASEC", label=np.zeros((6, 5, 4), np.uint8))
     data = build(registry, "la", {"root": str(root), "train": {"cases": ["CASEA"]}, "test": {"cases": ["CASEB"]}})
@@ -179,7 +141,7 @@ def test_convert_la_names_missing_cases(la_download, tmp_path):
 
 def test_metaimage_round_trip(tmp_path):
     image, _ = p12_arrays(3)
-    path = write_metaimage(tmp_path / "Case00.mhd", image, SPACING_XYZ)
+    path = write_metaimage(tmp_path / "Case00.mhd", image, P12_SPACING_XYZ)
     array, spacing, header = read_metaimage(path)
     np.testing.assert_array_equal(array, image)
     assert spacing == (3.6, 0.5, 0.625) and header["ElementType"] == "MET_SHORT"
@@ -189,15 +151,15 @@ def test_metaimage_matches_simpleitk(tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     image, _ = p12_arrays(4)
     written = sitk.GetImageFromArray(image)
-    written.SetSpacing(SPACING_XYZ)
+    written.SetSpacing(P12_SPACING_XYZ)
     sitk.WriteImage(written, str(tmp_path / "a.mhd"))
     array, spacing, _ = read_metaimage(tmp_path / "a.mhd")
     np.testing.assert_array_equal(array, image)
     assert spacing == (3.6, 0.5, 0.625)
-    write_metaimage(tmp_path / "b.mhd", image, SPACING_XYZ)
+    write_metaimage(tmp_path / "b.mhd", image, P12_SPACING_XYZ)
     back = sitk.ReadImage(str(tmp_path / "b.mhd"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), image)
-    assert back.GetSpacing() == pytest.approx(SPACING_XYZ)
+    assert back.GetSpacing() == pytest.approx(P12_SPACING_XYZ)
 
 
 def test_convert_promise12_and_read(registry, p12_download, tmp_path):
@@ -235,12 +197,12 @@ def test_promise12_errors(registry, tmp_path):
     root = tmp_path / "p12"
     root.mkdir()
     image, _ = p12_arrays(0)
-    write_metaimage(root / "Case01.mhd", image, SPACING_XYZ)
-    write_metaimage(root / "Case01_segmentation.mhd", np.full(image.shape, 3, np.uint8), SPACING_XYZ)
-    write_metaimage(root / "Case02.mhd", image, SPACING_XYZ)
-    write_metaimage(root / "Case02_segmentation.mhd", np.zeros((4, 7, 5), np.uint8), SPACING_XYZ)
-    write_metaimage(root / "Case03.mhd", image, SPACING_XYZ)
-    write_metaimage(root / "Case03_segmentation.mhd", np.zeros(image.shape, np.uint8), SPACING_XYZ)
+    write_metaimage(root / "Case01.mhd", image, P12_SPACING_XYZ)
+    write_metaimage(root / "Case01_segmentation.mhd", np.full(image.shape, 3, np.uint8), P12_SPACING_XYZ)
+    write_metaimage(root / "Case02.mhd", image, P12_SPACING_XYZ)
+    write_metaimage(root / "Case02_segmentation.mhd", np.zeros((4, 7, 5), np.uint8), P12_SPACING_XYZ)
+    write_metaimage(root / "Case03.mhd", image, P12_SPACING_XYZ)
+    write_metaimage(root / "Case03_segmentation.mhd", np.zeros(image.shape, np.uint8), P12_SPACING_XYZ)
     (root / "Case03.raw").write_bytes(b"\0" * 10)
     data = build(registry, "promise12", {"root": str(root), "train": {"cases": ["Case01"]},
                                          "test": {"cases": ["Case02", "Case03"]}})

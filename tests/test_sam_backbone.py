@@ -176,3 +176,32 @@ def test_sam_backbone_is_registered_with_a_working_example(monkeypatch):
     spec = load_plugins(extra=[sam_plugin]).registry.get("backbone", "sam")
     backbone = spec.build(spec.example)
     assert isinstance(backbone, SamBackbone) and backbone.embed_grid == 4
+
+
+def test_sam_backbone_is_a_pretrainable_backbone():
+    from samora_kit.interfaces import PretrainableBackbone
+
+    backbone = tiny()
+    assert isinstance(backbone, PretrainableBackbone)
+    assert backbone.token_channels == 96 and backbone.block_channels == [96] * 4
+    assert backbone.default_skip_blocks() == [0, 1, 2]
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = backbone.tokens(images)
+        assert tokens.shape == (2, 4, 4, 96)
+        assert torch.allclose(backbone.encoder.neck(tokens.permute(0, 3, 1, 2)), backbone(images))
+        out, blocks = backbone.block_outputs(images, [3, 1])
+        assert torch.equal(out, backbone(images)) and torch.equal(blocks[0], tokens)
+        assert blocks[1].shape == (2, 4, 4, 96)
+    assert not any(b._forward_hooks for b in backbone.encoder.blocks)
+    with pytest.raises(ValueError, match=r"expects images B,3,64,64; got \(1, 3, 96, 96\)"):
+        backbone.tokens(torch.rand(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="block 4 out of range"):
+        backbone.block_outputs(images, [4])
+
+
+@pytest.mark.parametrize("variant, skips", [("vit_b", [2, 5, 8]), ("vit_l", [5, 11, 17]), ("vit_h", [7, 15, 23])])
+def test_default_skip_blocks_end_each_quarter_of_the_depth(variant, skips):
+    backbone = SamBackbone.__new__(SamBackbone)  # only the variant matters: no 1024-px build
+    backbone.variant = variant
+    assert backbone.default_skip_blocks() == skips

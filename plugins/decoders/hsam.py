@@ -66,6 +66,7 @@ from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
 
 from samora_kit.hookspecs import hookimpl
+from samora_kit.interfaces import FeaturePyramid, embedding_of
 from samora_kit.registry import ComponentConfig
 from samora_kit.train.losses import DiceCELoss
 
@@ -306,7 +307,8 @@ class HSamDecoder(nn.Module):
         out = self.forward_both(embedding)
         return (self.to_image_size(out["low_res"]) + out["full"]) / 2
 
-    def forward(self, embedding: Tensor) -> dict[str, Tensor] | Tensor:
+    def forward(self, features: Tensor | FeaturePyramid) -> dict[str, Tensor] | Tensor:
+        embedding = embedding_of(features)  # a SAM2 pyramid's finer levels are not used by H-SAM
         if self.training:
             return self.forward_both(embedding)
         return self.predict_logits(embedding)

@@ -12,8 +12,9 @@ from torch import nn
 
 from samora_kit.errors import CheckpointError
 from samora_kit.hookspecs import hookimpl
+from samora_kit.interfaces import FeaturePyramid, embedding_of
 from samora_kit.registry import ComponentConfig
-from samora_kit.weights.import_sam import read_sam_weights
+from samora_kit.weights.import_sam import ENCODER_ONLY_FORMATS, read_sam_weights
 from samora_kit.weights.io import read_header
 
 MASK_IN_CHANS = 16  # SAM's prompt encoder mask channels
@@ -36,13 +37,7 @@ class SamedDecoder(nn.Module):
     def __init__(self, num_classes: int, channels: int, grid: int, image_size: int,
                  transformer_depth: int = 2, mlp_dim: int | None = None, num_heads: int | None = None) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
-        if channels % 8:
-            raise ValueError(f"SAM's mask decoder needs embedding channels divisible by 8, got {channels}")
-        heads = num_heads or default_num_heads(channels)
-        if (channels // 2) % heads:
-            raise ValueError(f"num_heads {heads} must divide half the embedding width ({channels // 2})")
+        heads = check_widths(num_classes, channels, num_heads)
         self.num_classes = num_classes
         self.embed_grid = grid
         self.prompt_encoder = PromptEncoder(embed_dim=channels, image_embedding_size=(grid, grid),
@@ -53,8 +48,9 @@ class SamedDecoder(nn.Module):
                                         num_multimask_outputs=num_classes, iou_head_depth=3,
                                         iou_head_hidden_dim=IOU_HEAD_HIDDEN)
 
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor | FeaturePyramid) -> torch.Tensor:
         # segment_anything's predict_masks repeats the embedding per prompt; here: one prompt-free set per image
+        embedding = embedding_of(features)  # a SAM2 pyramid's finer levels are not used by this decoder
         b, c, g, _ = embedding.shape  # B, C, g, g
         if (c, g) != (self.prompt_encoder.embed_dim, self.embed_grid) or embedding.shape[3] != g:
             raise ValueError(f"decoder expects embeddings B,{self.prompt_encoder.embed_dim},{self.embed_grid},"
@@ -90,6 +86,18 @@ class SamedDecoder(nn.Module):
         self.load_state_dict({k: tensors[k] for k in wanted}, strict=False)
 
 
+def check_widths(num_classes: int, channels: int, num_heads: int | None) -> int:
+    """What SAM's and SAM2's mask decoders need of their widths; returns the head count to use."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
+    if channels % 8:
+        raise ValueError(f"a SAM mask decoder needs embedding channels divisible by 8, got {channels}")
+    heads = num_heads or default_num_heads(channels)
+    if (channels // 2) % heads:
+        raise ValueError(f"num_heads {heads} must divide half the embedding width ({channels // 2})")
+    return heads
+
+
 def default_mlp_dim(channels: int) -> int:
     return 2048 if channels == 256 else 8 * channels
 
@@ -114,7 +122,7 @@ def pretrained_decoder_file(checkpoint: str | Path | None, backbone) -> Path | N
     if checkpoint != "backbone":
         return None if checkpoint is None else Path(checkpoint)
     path = getattr(backbone, "checkpoint_path", None)
-    if path is None or read_header(path).get("format") == "sam-encoder":
+    if path is None or read_header(path).get("format") in ENCODER_ONLY_FORMATS:
         return None
     return Path(path)
 

@@ -1,4 +1,4 @@
-"""Pixel-level pretext task: denoise a noisy slice through the SAM encoder + LoRA and a U-Net-style decoder.
+"""Pixel-level pretext task: denoise a noisy slice through the image encoder + LoRA and a U-Net-style decoder.
 
 noisy = clip(image + sigma * N(0, 1)) -> encoder + LoRA (one pass, intermediate blocks tapped) -> decoder
 -> sigmoid -> B,1|3,S,S; loss = MSE against the clean image (paper Eq. 1).
@@ -7,11 +7,12 @@ Two deliberate differences from the authors' code (anchor-implementations §1, p
 - the decoder has skip connections from intermediate encoder blocks (theirs used the neck output only);
 - output (sigmoid) and target (the clean image) share the [0, 1] range (theirs z-scored the target).
 
-Skips in a ViT: every encoder block works at the same g x g patch grid (g = S / 16), so unlike a
-convolutional U-Net there are no higher-resolution encoder features. Each tapped block output (B,g,g,E)
-is layer-normed and projected to the width of the decoder stage it joins, bilinearly upsampled to that
-stage's resolution, concatenated with the upsampled decoder features and convolved. As in a U-Net the
-deepest tapped block joins the coarsest stage. The noisy image itself is deliberately not a skip: a
+Skips: the backbone names the blocks to tap (`default_skip_blocks`, or `skip_blocks`). In SAM's ViT every
+block works at the same g x g patch grid (g = S / 16), so there are no higher-resolution encoder features;
+SAM2's Hiera blocks work at strides 4, 8, 16 and 32, so its skips are multi-scale as in a U-Net. Each
+tapped block output (B,h,w,E_i) is layer-normed and projected to the width of the decoder stage it joins,
+bilinearly resized to that stage's resolution, concatenated with the upsampled decoder features and
+convolved. As in a U-Net the deepest tapped block joins the coarsest stage. The noisy image itself is deliberately not a skip: a
 full-resolution image path would let the decoder denoise on its own and starve the LoRA of gradient.
 """
 
@@ -25,6 +26,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from samora_kit.errors import SamoraError
+from samora_kit.interfaces import PretrainableBackbone, embedding_of
 from samora_kit.registry import ComponentConfig
 
 from .task_base import PretextTaskBase
@@ -38,7 +40,7 @@ EXAMPLE = {"sigma": 0.1, "decoder_channels": [32, 16, 16, 8]}
 class DenoiseConfig(ComponentConfig):
     sigma: float = Field(0.1, gt=0.0, le=1.0)  # Gaussian noise std, in the [0, 1] image range
     clip: bool = True                          # clip the noisy image back to [0, 1]
-    skip_blocks: list[int] | None = None       # encoder blocks feeding skips (any order); None: 2, 5, 8 of 12
+    skip_blocks: list[int] | None = None       # encoder blocks feeding skips (any order); None: the backbone's choice
     decoder_channels: list[int] = Field(default_factory=lambda: [128, 64, 32, 16],
                                         min_length=UPSAMPLING_STAGES, max_length=UPSAMPLING_STAGES)
     out_channels: Literal[1, 3] = 3            # 1: predict the grey (channel-mean) image
@@ -64,19 +66,13 @@ class DenoiseConfig(ComponentConfig):
         return blocks
 
 
-def default_skip_blocks(depth: int) -> list[int]:
-    """Ends of the first three quarters of the encoder: 2, 5, 8 of 12 (SAM ViT-B's first three global-attention
-    blocks; likewise for ViT-L/H); 0, 1, 2 of 4 for the tiny test encoder."""
-    return sorted({depth * k // 4 - 1 for k in (1, 2, 3)} - {-1})
-
-
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
                          nn.GroupNorm(_groups(out_channels), out_channels), nn.GELU())
 
 
 class SkipProjection(nn.Module):
-    """One tapped block output B,g,g,E -> B,C,g,g (LayerNorm, then a per-token linear map)."""
+    """One tapped block output B,h,w,E -> B,C,h,w (LayerNorm, then a per-token linear map)."""
 
     def __init__(self, embed_dim: int, channels: int) -> None:
         super().__init__()
@@ -107,15 +103,16 @@ class UpStage(nn.Module):
 
 
 class DenoiseDecoder(nn.Module):
-    """Neck output B,Cn,g,g plus tapped blocks (B,g,g,E each, deepest first) -> B,out,16g,16g in (0, 1)."""
+    """Neck output B,Cn,g,g plus tapped blocks (B,h,w,E_i each, deepest first; `skip_dims` are the E_i)
+    -> B,out,16g,16g in (0, 1)."""
 
-    def __init__(self, neck_channels: int, embed_dim: int, num_skips: int, channels: list[int],
-                 out_channels: int) -> None:
+    def __init__(self, neck_channels: int, skip_dims: list[int], channels: list[int], out_channels: int) -> None:
         super().__init__()
         self.stem = conv_block(neck_channels, channels[0])
         widths = [channels[0], *channels]
         self.stages = nn.ModuleList(
-            UpStage(widths[i], widths[i + 1], embed_dim if i < num_skips else None) for i in range(len(channels)))
+            UpStage(widths[i], widths[i + 1], skip_dims[i] if i < len(skip_dims) else None)
+            for i in range(len(channels)))
         self.head = nn.Conv2d(channels[-1], out_channels, 1)
 
     def forward(self, neck: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
@@ -130,16 +127,16 @@ class DenoisePretext(PretextTaskBase):
 
     def __init__(self, config: DenoiseConfig, backbone: nn.Module) -> None:
         super().__init__(backbone, teacher=None)
-        encoder = _vit_encoder(backbone)
-        depth = len(encoder.blocks)
-        blocks = config.skip_blocks if config.skip_blocks is not None else default_skip_blocks(depth)
+        _check_backbone(backbone)
+        depth = len(backbone.block_channels)
+        blocks = config.skip_blocks if config.skip_blocks is not None else backbone.default_skip_blocks()
         bad = [b for b in blocks if b >= depth]
         if bad:
             raise SamoraError(f"denoise.skip_blocks {bad} out of range: the encoder has blocks 0..{depth - 1}")
         self.config = config
         self.skip_blocks = sorted(blocks, reverse=True)  # deepest first: the deepest joins the coarsest stage
-        self.decoder = DenoiseDecoder(backbone.embed_channels, encoder.patch_embed.proj.out_channels,
-                                      len(self.skip_blocks), config.decoder_channels, config.out_channels)
+        self.decoder = DenoiseDecoder(backbone.embed_channels, [backbone.block_channels[b] for b in self.skip_blocks],
+                                      config.decoder_channels, config.out_channels)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_range(images)
@@ -164,16 +161,9 @@ class DenoisePretext(PretextTaskBase):
         return self.decoder(neck, skips)
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One backbone pass: (neck output B,C,g,g, tapped block outputs B,g,g,E in `skip_blocks` order)."""
-        captured: dict[int, torch.Tensor] = {}
-        blocks = _vit_encoder(self.backbone).blocks
-        handles = [blocks[i].register_forward_hook(_capture(captured, i)) for i in self.skip_blocks]
-        try:
-            neck = self.backbone(images)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return neck, [captured[i] for i in self.skip_blocks]
+        """One backbone pass: (embedding B,C,g,g, tapped block outputs B,h,w,E in `skip_blocks` order)."""
+        features, skips = self.backbone.block_outputs(images, self.skip_blocks)
+        return embedding_of(features), skips
 
 
 def build_denoise(config: DenoiseConfig, *, backbone: nn.Module, teacher: nn.Module | None = None) -> DenoisePretext:
@@ -188,18 +178,10 @@ def register(registry) -> None:
     registry.add("pretext", NAME, DenoiseConfig, build_denoise, example=EXAMPLE)
 
 
-def _vit_encoder(backbone: nn.Module) -> nn.Module:
-    encoder = getattr(backbone, "encoder", None)
-    if encoder is None or not all(hasattr(encoder, a) for a in ("patch_embed", "blocks", "neck")):
-        raise SamoraError(f"the denoise pretext task needs a SAM ViT backbone (encoder with patch_embed, blocks "
-                          f"and neck); got {type(backbone).__name__}")
-    return encoder
-
-
-def _capture(store: dict[int, torch.Tensor], index: int):
-    def hook(module, inputs, output):
-        store[index] = output  # B, g, g, E
-    return hook
+def _check_backbone(backbone: nn.Module) -> None:
+    if not isinstance(backbone, PretrainableBackbone):
+        raise SamoraError(f"the denoise pretext task taps encoder blocks, so it needs a backbone with block_outputs, "
+                          f"block_channels and default_skip_blocks (sam, sam2); got {type(backbone).__name__}")
 
 
 def _check_range(images: torch.Tensor) -> None:

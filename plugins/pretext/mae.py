@@ -1,8 +1,9 @@
 """Patch-level pretext task (EfficientSAM's SAMI, adapted): distil an MAE teacher's token features.
 
-75 % of the 16-px patches are blanked in the image (set to the image's mean, or to 0); SAM + LoRA sees the
-masked image, and a per-token head on SAM's pre-neck tokens (patch_embed + pos_embed + blocks; the neck's 3x3
-conv would mix neighbouring tokens) predicts the teacher's token features of the *unmasked* image at every
+75 % of the 16-px patches are blanked in the image (set to the image's mean, or to 0); the backbone + LoRA
+sees the masked image, and a per-token head on the backbone's `tokens` (SAM: the pre-neck tokens, patch_embed +
+pos_embed + blocks, since the neck's 3x3 conv would mix neighbouring tokens; SAM2: the stride-16 FPN level,
+1x1 lateral convs) predicts the teacher's token features of the *unmasked* image at every
 position. Loss: MSE over all positions by default (visible tokens keep their content aligned with the
 teacher, masked ones must be inferred from context), or over the masked positions only (`loss_on`).
 
@@ -27,7 +28,7 @@ from samora_kit.registry import ComponentConfig
 
 from .losses import normalized_patch_targets
 from .task_base import PretextTaskBase, mlp_head
-from .tokens import blank_patches, patchify, random_patch_mask, sam_encoder_tokens
+from .tokens import blank_patches, patchify, random_patch_mask
 
 SAM_PATCH = 16
 
@@ -46,7 +47,7 @@ class MAEPretext(PretextTaskBase):
         super().__init__(backbone, teacher)
         self.config = config
         self.grid = backbone.embed_grid
-        width = backbone.encoder.patch_embed.proj.out_channels  # SAM's pre-neck token width
+        width = backbone.token_channels  # SAM: the ViT width before the neck; SAM2: the FPN width
         if teacher is not None:
             self._check_teacher_grid(teacher, backbone)
             dim_out = self.probe_teacher()[-1]
@@ -68,7 +69,7 @@ class MAEPretext(PretextTaskBase):
 
     def predict_tokens(self, masked_images: torch.Tensor) -> torch.Tensor:
         """Student: masked images B,3,S,S -> per-token predictions B, g, g, D."""
-        return self.head(sam_encoder_tokens(self.backbone, masked_images))
+        return self.head(self.backbone.tokens(masked_images))
 
     def target_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher: unmasked images B,3,S,S -> token features B, g, g, D (no gradient)."""

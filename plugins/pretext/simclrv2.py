@@ -20,6 +20,7 @@ from torch import nn
 
 from samora_kit.errors import SamoraError
 from samora_kit.registry import ComponentConfig
+from samora_kit.interfaces import embedding_of
 
 from .augment import ViewAugmentConfig, random_view
 from .losses import nt_xent
@@ -53,7 +54,7 @@ class SimCLRv2Pretext(PretextTaskBase):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         n_views = 2 if self.teacher is None else self.config.views
         views = torch.cat([random_view(images, self.config.augment) for _ in range(n_views)])  # V*B, 3, S, S
-        pooled = self.backbone(views).mean(dim=(2, 3))  # V*B, C
+        pooled = embedding_of(self.backbone(views)).mean(dim=(2, 3))  # V*B, C
         student = self.projector(pooled)  # V*B, D
         if self.teacher is None:
             z1, z2 = student.chunk(2)

@@ -35,17 +35,3 @@ def blank_patches(images: torch.Tensor, mask: torch.Tensor, patch: int, fill: st
     value = images.mean(dim=(2, 3), keepdim=True) if fill == "mean" else torch.zeros_like(images[:, :, :1, :1])
     return torch.where(pixel_mask, value.expand_as(images), images)
 
-
-def sam_encoder_tokens(backbone, images: torch.Tensor) -> torch.Tensor:
-    """SAM encoder tokens before the neck: patch_embed, + pos_embed, the blocks (with their LoRA).
-    Images B,3,S,S in [0, 1] -> B, S/16, S/16, C (C = the ViT width, e.g. 768 for ViT-B)."""
-    size = backbone.image_size
-    if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-        raise ValueError(f"SAM backbone expects images B,3,{size},{size}; got {tuple(images.shape)}")
-    encoder = backbone.encoder
-    x = encoder.patch_embed(images)  # B, g, g, C
-    if encoder.pos_embed is not None:
-        x = x + encoder.pos_embed
-    for block in encoder.blocks:
-        x = block(x)
-    return x

@@ -10,11 +10,11 @@ from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
 from samora_kit.errors import CheckpointError, SamoraError
-from samora_kit.weights.expert_pack import ExpertPack, check_compatible, load_expert_pack, make_header
 from samora_kit.weights.import_sam import read_sam_weights
 
 from .config import SAM_PRESETS, SamBackboneConfig
-from .experts import ExpertFusedBlock, ExpertsQKV, FuserFactory, install_experts
+from .expert_host import ExpertHost
+from .experts import FuserFactory, install_experts
 from .lora import LoRAQKV
 from .pretrained import fit_encoder_state
 
@@ -34,11 +34,9 @@ def build_image_encoder(variant: str, image_size: int) -> ImageEncoderViT:
     )
 
 
-PROVENANCE = ("pretext", "teacher", "teacher_cpt", "data_fingerprint", "versions")
-
-
-class SamBackbone(nn.Module):
+class SamBackbone(ExpertHost, nn.Module):
     """Input B,3,S,S in [0, 1] (pixel mean 0 / std 1, as SAMed); output B,C,g,g.
+    Also a PretrainableBackbone: `tokens`, `block_outputs`, `default_skip_blocks`.
 
     Without `config.experts`: one trainable LoRA (SAMed, stage 1). With it: K frozen LoRA
     experts per LoRA block and one fuser per block (from `fuser`), the only trainable part."""
@@ -78,48 +76,14 @@ class SamBackbone(nn.Module):
                 self.load_expert_pack(name, path)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._check_images(images)
+        return self.encoder(images)  # B, C, g, g
+
+    def _check_images(self, images: torch.Tensor) -> None:
         expected = (3, self.image_size, self.image_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"SAM backbone expects images B,{','.join(map(str, expected))}; "
                              f"got {tuple(images.shape)}")
-        return self.encoder(images)  # B, C, g, g
-
-    def lora_layers(self) -> dict[int, LoRAQKV]:
-        """Block index -> its LoRA-wrapped qkv."""
-        return {i: b.attn.qkv for i, b in enumerate(self.encoder.blocks) if isinstance(b.attn.qkv, LoRAQKV)}
-
-    def expert_layers(self) -> dict[int, ExpertsQKV]:
-        """Block index -> its experts' qkv (stage 2 only)."""
-        return {i: b.attn.qkv for i, b in enumerate(self.encoder.blocks) if isinstance(b.attn.qkv, ExpertsQKV)}
-
-    def fusers(self) -> dict[int, nn.Module]:
-        """Block index -> its fuser (stage 2 only)."""
-        return {i: b.fuser for i, b in enumerate(self.encoder.blocks) if isinstance(b, ExpertFusedBlock)}
-
-    @property
-    def expert_names(self) -> list[str]:
-        return list(self.experts_config.names) if self.experts_config is not None else []
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Single LoRA: its A/B tensors, keyed like `encoder.blocks.0.attn.qkv.lora_a.q.weight`.
-        Experts: the fusers' tensors, keyed like `encoder.blocks.0.fuser.<name>` (experts are frozen)."""
-        if self.experts_config is not None:
-            return {f"encoder.blocks.{i}.fuser.{k}": v
-                    for i, fuser in self.fusers().items() for k, v in fuser.state_dict().items()}
-        return {k: v for k, v in self.state_dict().items() if ".lora_a." in k or ".lora_b." in k}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.trainable_state_dict()
-        what = "fuser" if self.experts_config is not None else "LoRA"
-        if set(state) != set(own):
-            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            raise CheckpointError(f"{what} tensors do not match this backbone: missing {missing[:3]}, "
-                                  f"unexpected {extra[:3]}")
-        bad = [k for k in own if own[k].shape != state[k].shape]
-        if bad:
-            raise CheckpointError(f"LoRA tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
-                                  f"expected {tuple(own[bad[0]].shape)}")
-        self.load_state_dict(state, strict=False)
 
     def shape_description(self) -> dict:
         """What an expert pack must match: backbone name, variant, image size, width, depth."""
@@ -127,51 +91,31 @@ class SamBackbone(nn.Module):
         return {"name": "sam", "variant": self.variant, "image_size": self.image_size,
                 "embed_dim": preset.embed_dim, "depth": preset.depth}
 
-    def lora_description(self) -> dict:
-        return {"rank": self.lora_rank, "targets": list(self.lora_targets), "blocks": list(self.lora_blocks)}
+    # --- PretrainableBackbone (block_channels and block_outputs come from ExpertHost) ---------------
 
-    def expert_state(self, name: str) -> dict[str, torch.Tensor]:
-        """Stage 2: one expert's tensors, keyed as a single-LoRA backbone's trainable_state_dict."""
-        return {f"encoder.blocks.{i}.attn.qkv.{k}": v
-                for i, layer in self.expert_layers().items() for k, v in layer.expert_state(name).items()}
+    @property
+    def token_channels(self) -> int:
+        return SAM_PRESETS[self.variant].embed_dim
 
-    def load_expert(self, name: str, tensors: dict[str, torch.Tensor], source: str = "tensors") -> None:
-        """Stage 2: set expert `name` from tensors keyed as in an expert pack (checked first)."""
-        if name not in self.expert_names:
-            raise SamoraError(f"no expert named {name!r}; this backbone's experts are {self.expert_names}")
-        header = make_header(name, self.shape_description(), self.lora_description())
-        check_compatible(ExpertPack(tensors, header), self.shape_description(), self.lora_description(), source)
-        prefix = "encoder.blocks.{}.attn.qkv."
-        for i, layer in self.expert_layers().items():
-            layer.load_expert(name, {k[len(prefix.format(i)):]: v for k, v in tensors.items()
-                                     if k.startswith(prefix.format(i))})
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens before the neck: patch_embed, + pos_embed, the blocks (with their LoRA).
+        Images B,3,S,S in [0, 1] -> B, S/16, S/16, W (W = the ViT width, e.g. 768 for ViT-B)."""
+        self._check_images(images)
+        x = self.encoder.patch_embed(images)  # B, g, g, W
+        if self.encoder.pos_embed is not None:
+            x = x + self.encoder.pos_embed
+        for block in self.encoder.blocks:
+            x = block(x)
+        return x
 
-    def load_expert_pack(self, name: str, path: str | Path) -> ExpertPack:
-        """Stage 2: load expert `name` from a pack file after checking it fits this backbone."""
-        pack = load_expert_pack(path)
-        check_compatible(pack, self.shape_description(), self.lora_description(), path, expert=name)
-        self.load_expert(name, pack.tensors, str(path))
-        return pack
+    def default_skip_blocks(self) -> list[int]:
+        """The blocks ending each quarter of the depth but the last (2, 5, 8 for ViT-B)."""
+        depth = SAM_PRESETS[self.variant].depth
+        return sorted({depth * k // 4 - 1 for k in (1, 2, 3)} - {-1})
 
-    def expert_pack(self, expert: str, **provenance) -> ExpertPack:
-        """This backbone's LoRA as an expert pack (stage 1 output): tensors plus a header describing
-        the backbone shape and the LoRA. Provenance: pretext, teacher, teacher_cpt, data_fingerprint,
-        versions. On a stage-2 backbone, exports the frozen expert `expert`."""
-        unknown = sorted(set(provenance) - set(PROVENANCE))
-        if unknown:
-            raise TypeError(f"expert_pack() got unknown provenance {unknown}; accepted: {', '.join(PROVENANCE)}")
-        if not isinstance(expert, str) or not expert:
-            raise ValueError("expert_pack() needs the expert's name, e.g. 'image'")
-        if self.experts_config is None:
-            tensors = {k: v.detach().clone() for k, v in self.trainable_state_dict().items()}
-        else:
-            if expert not in self.expert_names:
-                raise SamoraError(f"no expert named {expert!r}; this backbone's experts are {self.expert_names}")
-            tensors = self.expert_state(expert)
-        header = make_header(expert, self.shape_description(), self.lora_description(), **provenance)
-        return ExpertPack(tensors, header)
+    ENCODER_ONLY_FORMAT = "sam-encoder"  # what a self-pre-trained base of this backbone is saved as
 
-    def encoder_state_in_sam_layout(self) -> dict[str, torch.Tensor]:
+    def encoder_state_in_official_layout(self) -> dict[str, torch.Tensor]:
         """The encoder's own weights (no LoRA) under SAM's official `image_encoder.*` names."""
         return {ENCODER_PREFIX + k.replace(".qkv.base.", ".qkv."): v.detach()
                 for k, v in self.encoder.state_dict().items()
@@ -179,6 +123,9 @@ class SamBackbone(nn.Module):
 
     def _load_pretrained(self, path: Path, sha256: str | None) -> None:
         tensors, header = read_sam_weights(path, sha256)
+        if header.get("format") in ("sam2", "sam2-encoder"):
+            raise CheckpointError(f"{path}: holds a SAM2 image encoder (format {header['format']!r}); "
+                                  "use the `sam2` backbone for it, or import a segment-anything .pth")
         if header.get("variant", self.variant) != self.variant:
             raise CheckpointError(f"{path}: header variant is {header['variant']!r}, "
                                   f"but the backbone is configured as {self.variant!r}")

@@ -74,13 +74,43 @@ class ExpertsConfig(ComponentConfig):
         return self
 
 
-class SamBackboneConfig(ComponentConfig):
-    variant: SamVariant = "vit_b"
-    image_size: int = 224
-    checkpoint: Path | None = None  # safetensors made by `import_sam_checkpoint`
+class LoRABackboneConfig(ComponentConfig):
+    """What the SAM and SAM2 backbones share: the weights file, the LoRA shape and the stage-2 experts.
+    Subclasses say how deep they are (`depth()`) and validate `lora.blocks` against it."""
+
+    checkpoint: Path | None = None  # safetensors made by `samora-kit weights import` (or a self-pre-trained base)
     checkpoint_sha256: str | None = None
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
-    experts: ExpertsConfig | None = None  # None: one trainable LoRA (SAMed, stage 1)
+    experts: ExpertsConfig | None = None  # None: one trainable LoRA (SAMed / SAMed-2, stage 1)
+
+    @field_validator("checkpoint_sha256")
+    @classmethod
+    def _hex_digest(cls, digest: str | None) -> str | None:
+        if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise ValueError("checkpoint_sha256 must be 64 hexadecimal characters (sha256sum output)")
+        return digest.lower() if digest else digest
+
+    def depth(self) -> int:
+        raise NotImplementedError
+
+    def check_lora_blocks(self, what: str) -> None:
+        """lora.blocks must name distinct blocks of the encoder (`what` names it in the message)."""
+        depth = self.depth()
+        if self.lora.blocks != "all":
+            bad = [i for i in self.lora.blocks if not 0 <= i < depth]
+            if bad:
+                raise ValueError(f"lora.blocks {bad} out of range: {what} has blocks 0..{depth - 1}")
+            if len(set(self.lora.blocks)) != len(self.lora.blocks):
+                raise ValueError(f"lora.blocks {self.lora.blocks} repeats a block index")
+
+    def lora_block_indexes(self) -> list[int]:
+        blocks = self.lora.blocks
+        return list(range(self.depth())) if blocks == "all" else sorted(blocks)
+
+
+class SamBackboneConfig(LoRABackboneConfig):
+    variant: SamVariant = "vit_b"
+    image_size: int = 224
 
     @field_validator("image_size")
     @classmethod
@@ -90,28 +120,14 @@ class SamBackboneConfig(ComponentConfig):
                              "e.g. 224, 512 or 1024")
         return size
 
-    @field_validator("checkpoint_sha256")
-    @classmethod
-    def _hex_digest(cls, digest: str | None) -> str | None:
-        if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-            raise ValueError("checkpoint_sha256 must be 64 hexadecimal characters (sha256sum output)")
-        return digest.lower() if digest else digest
-
     @model_validator(mode="after")
     def _blocks_exist(self) -> "SamBackboneConfig":
-        depth = SAM_PRESETS[self.variant].depth
-        if self.lora.blocks != "all":
-            bad = [i for i in self.lora.blocks if not 0 <= i < depth]
-            if bad:
-                raise ValueError(f"lora.blocks {bad} out of range: {self.variant} has blocks 0..{depth - 1}")
-            if len(set(self.lora.blocks)) != len(self.lora.blocks):
-                raise ValueError(f"lora.blocks {self.lora.blocks} repeats a block index")
+        self.check_lora_blocks(self.variant)
         return self
 
     @property
     def preset(self) -> SamPreset:
         return SAM_PRESETS[self.variant]
 
-    def lora_block_indexes(self) -> list[int]:
-        blocks = self.lora.blocks
-        return list(range(self.preset.depth)) if blocks == "all" else sorted(blocks)
+    def depth(self) -> int:
+        return self.preset.depth

@@ -33,9 +33,9 @@ SCOPES = ("attention", "block")
 
 
 class ExpertsQKV(nn.Module):
-    """SAM's frozen fused qkv Linear plus K frozen LoRA experts, stacked for batched deltas.
+    """A frozen fused qkv Linear(C_in, 3*C_out) plus K frozen LoRA experts, stacked for batched deltas.
 
-    Buffers `expert_a` (T, K, r, C) and `expert_b` (T, K, C, r), T = targets in q, k, v
+    Buffers `expert_a` (T, K, r, C_in) and `expert_b` (T, K, C_out, r), T = targets in q, k, v
     order, K = experts in `names` order. Calling the module gives the frozen qkv only;
     the fused block asks for the variants."""
 
@@ -47,9 +47,9 @@ class ExpertsQKV(nn.Module):
         self.names = tuple(names)
         self.rank = rank
         self.targets = tuple(t for t in QKV_ORDER if t in targets)
-        dim = qkv.in_features
-        self.register_buffer("expert_a", torch.empty(len(self.targets), len(self.names), rank, dim))
-        self.register_buffer("expert_b", torch.zeros(len(self.targets), len(self.names), dim, rank))
+        self.dim_out = qkv.out_features // 3
+        self.register_buffer("expert_a", torch.empty(len(self.targets), len(self.names), rank, qkv.in_features))
+        self.register_buffer("expert_b", torch.zeros(len(self.targets), len(self.names), self.dim_out, rank))
         self.reset_experts()
 
     @property
@@ -68,7 +68,7 @@ class ExpertsQKV(nn.Module):
         return self.base(x)  # the frozen projection; experts enter through `variants`
 
     def deltas(self, x: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None) -> torch.Tensor:
-        """x: ..., C -> T, K, ..., C: B_tk A_tk x for every target t and expert k at once."""
+        """x: ..., C_in -> T, K, ..., C_out: B_tk A_tk x for every target t and expert k at once."""
         a = self.expert_a if a is None else a
         b = self.expert_b if b is None else b
         lead, dim = x.shape[:-1], x.shape[-1]
@@ -78,7 +78,7 @@ class ExpertsQKV(nn.Module):
 
     def variants(self, x: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
                  include_base: bool = True, shared: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v each V, ..., C: [frozen, frozen + Δ_1, ..., frozen + Δ_K] (V = K + 1),
+        """x: ..., C_in -> q, k, v each V, ..., C_out: [frozen, frozen + Δ_1, ..., frozen + Δ_K] (V = K + 1),
         or only the expert variants when include_base is False. With `shared`, a projection
         no expert changes is returned once, 1, ..., C, instead of expanded to V."""
         a = self.expert_a if a is None else a
@@ -86,9 +86,9 @@ class ExpertsQKV(nn.Module):
         if include_base:  # a zero expert first: variant 0 is base + 0, exactly the frozen path, no cat
             a = F.pad(a, (0, 0, 0, 0, 1, 0))
             b = F.pad(b, (0, 0, 0, 0, 1, 0))
-        lead, dim = x.shape[:-1], x.shape[-1]
-        flat = x.reshape(-1, dim)
-        parts = self.base(flat).chunk(3, dim=-1)  # each N, C
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        parts = self.base(flat).chunk(3, dim=-1)  # each N, C_out
         hidden = torch.einsum("nc,tkrc->tknr", flat, a.to(x.dtype))  # T, V, N, r: one matmul, C -> T*V*r
         count = a.shape[1]
         out = []
@@ -98,11 +98,11 @@ class ExpertsQKV(nn.Module):
                 varied = torch.baddbmm(part.unsqueeze(0), hidden[t], b[t].to(x.dtype).transpose(1, 2))
             else:
                 varied = part.unsqueeze(0) if shared else part.unsqueeze(0).expand(count, -1, -1)
-            out.append(varied.view(varied.shape[0], *lead, dim))
+            out.append(varied.view(varied.shape[0], *lead, self.dim_out))
         return out[0], out[1], out[2]
 
     def merged(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One LoRA with A = Σ_k w_k A_k and B = Σ_k w_k B_k (LoRAHub), shaped T, 1, r, C / T, 1, C, r."""
+        """One LoRA with A = Σ_k w_k A_k and B = Σ_k w_k B_k (LoRAHub), shaped T, 1, r, C_in / T, 1, C_out, r."""
         if weights.shape != (self.num_experts,):
             raise ValueError(f"mixing_weights() must return {self.num_experts} weights (one per expert "
                              f"{list(self.names)}), got shape {tuple(weights.shape)}")

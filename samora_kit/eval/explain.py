@@ -14,6 +14,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ..data.slices import slice_to_model_input  # noqa: E402
+from ..interfaces import FeaturePyramid, embedding_of  # noqa: E402
 from ..weights.io import atomic_write  # noqa: E402
 
 
@@ -22,8 +23,13 @@ def encoder_heatmap(model, image_hw: np.ndarray) -> np.ndarray:
     foreground logits w.r.t. the embedding; map = ReLU(weighted sum of channels)."""
     model.eval()
     x = slice_to_model_input(image_hw, model.image_size)[None]
-    embedding = model.backbone(x).detach().requires_grad_(True)  # 1, C, g, g
-    logits = model.decoder(embedding)
+    features = model.backbone(x)
+    embedding = embedding_of(features).detach().requires_grad_(True)  # 1, C, g, g
+    if isinstance(features, FeaturePyramid):  # SAM2: the finer maps go along unchanged
+        features = FeaturePyramid(embedding, tuple(level.detach() for level in features.high_res))
+    else:
+        features = embedding
+    logits = model.decoder(features)
     foreground = logits[:, 1:].sum()
     (grad,) = torch.autograd.grad(foreground, embedding)
     cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * embedding).sum(1, keepdim=True))

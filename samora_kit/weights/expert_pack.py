@@ -5,10 +5,13 @@ e.g. `encoder.blocks.0.attn.qkv.lora_a.q.weight` (rank x C) and `...lora_b.q.wei
 The header:
 
     {"kind": "expert-pack", "expert": "image",
-     "backbone": {"name", "variant", "image_size", "embed_dim", "depth"},
+     "backbone": {"name", "variant", "image_size", "embed_dim", "depth"[, "block_dims"]},
      "lora": {"rank", "targets", "blocks"},
      "pretext": str|None, "teacher": str|None, "teacher_cpt": bool|None,
      "data_fingerprint": str|None, "versions": {...}}
+
+`block_dims` (optional, SAM2 Hiera whose width changes between stages): one [C_in, C_out] per
+encoder block; then A of block i is rank x C_in and B is C_out x rank instead of embed_dim.
 """
 
 from __future__ import annotations
@@ -53,15 +56,24 @@ def lora_key(block: int, factor: str, target: str) -> str:
     return f"encoder.blocks.{block}.attn.qkv.lora_{factor}.{target}.weight"
 
 
-def expected_lora_shapes(embed_dim: int, lora: dict) -> dict[str, tuple[int, int]]:
-    """Every tensor a pack for this LoRA must hold, with its shape."""
+def expected_lora_shapes(embed_dim: int, lora: dict, block_dims: list | None = None) -> dict[str, tuple[int, int]]:
+    """Every tensor a pack for this LoRA must hold, with its shape (`block_dims`: per-block
+    [C_in, C_out] of a backbone whose width varies; None: every block is embed_dim wide)."""
     rank = int(lora["rank"])
     shapes = {}
     for block in lora["blocks"]:
+        dim_in, dim_out = (embed_dim, embed_dim) if block_dims is None else _block_dims(block_dims, int(block))
         for target in _ordered_targets(lora["targets"]):
-            shapes[lora_key(block, "a", target)] = (rank, embed_dim)
-            shapes[lora_key(block, "b", target)] = (embed_dim, rank)
+            shapes[lora_key(block, "a", target)] = (rank, dim_in)
+            shapes[lora_key(block, "b", target)] = (dim_out, rank)
     return shapes
+
+
+def _block_dims(block_dims: list, block: int) -> tuple[int, int]:
+    if not 0 <= block < len(block_dims):
+        raise CheckpointError(f"LoRA block {block} is outside the backbone's {len(block_dims)} blocks")
+    dim_in, dim_out = block_dims[block]
+    return int(dim_in), int(dim_out)
 
 
 def default_versions() -> dict[str, str]:
@@ -80,7 +92,7 @@ def make_header(expert: str, backbone: dict, lora: dict, *, pretext: str | None 
     return {
         "kind": EXPERT_PACK_KIND,
         "expert": expert,
-        "backbone": {k: backbone[k] for k in BACKBONE_FIELDS},
+        "backbone": {k: backbone[k] for k in (*BACKBONE_FIELDS, "block_dims") if k in backbone},
         "lora": {"rank": int(lora["rank"]), "targets": _ordered_targets(lora["targets"]),
                  "blocks": sorted(int(b) for b in lora["blocks"])},
         "pretext": pretext,
@@ -97,7 +109,8 @@ def save_expert_pack(path: str | Path, tensors: dict[str, torch.Tensor], header:
     header["versions"] = {**default_versions(), **(header.get("versions") or {})}
     _check_header(header, Path(path))
     embed_dim = int(header["backbone"]["embed_dim"])
-    _check_tensors(tensors, expected_lora_shapes(embed_dim, header["lora"]), Path(path), "the pack")
+    expected = expected_lora_shapes(embed_dim, header["lora"], header["backbone"].get("block_dims"))
+    _check_tensors(tensors, expected, Path(path), "the pack")
     return save_weights(path, tensors, header)
 
 
@@ -135,7 +148,9 @@ def check_compatible(pack: ExpertPack, backbone_shape: dict, lora: dict, source:
         if mine != other:
             raise CheckpointError(f"lora.{field} is {other!r} in pack {source}, the backbone uses {mine!r}")
     embed_dim = backbone_shape.get("embed_dim", theirs.get("embed_dim"))
-    _check_tensors(pack.tensors, expected_lora_shapes(int(embed_dim), _normal_lora(lora)), source, "pack")
+    block_dims = backbone_shape.get("block_dims", theirs.get("block_dims"))
+    expected = expected_lora_shapes(int(embed_dim), _normal_lora(lora), block_dims)
+    _check_tensors(pack.tensors, expected, source, "pack")
 
 
 def _check_header(header: dict, path: Path) -> None:

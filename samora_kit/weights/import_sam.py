@@ -1,4 +1,4 @@
-"""Import an official SAM `.pth` once into safetensors; read such imports back.
+"""Import an official SAM `.pth` (or SAM2 `.pt`) once into safetensors; read such imports back.
 
 The `torch.load` below is the only pickle load in samora-kit, and it is weights-only.
 """
@@ -23,8 +23,15 @@ EXPECTED = ("an official segment-anything checkpoint: a state dict with image_en
 
 
 # "segment-anything": an imported official checkpoint (encoder, prompt encoder, mask decoder);
-# "sam-encoder": an image encoder in SAM's layout that the kit pre-trained itself (no decoder)
-FORMATS = ("segment-anything", "sam-encoder")
+# "sam2": an imported official SAM2 checkpoint (image_encoder.trunk/neck, sam_mask_decoder, ...);
+# "sam-encoder" / "sam2-encoder": an image encoder in SAM's / SAM2's layout that the kit pre-trained
+# itself (recipes with [base_pretraining]): no prompt encoder, no mask decoder
+ENCODER_ONLY_FORMATS = ("sam-encoder", "sam2-encoder")
+FORMATS = ("segment-anything", "sam2", *ENCODER_ONLY_FORMATS)
+IMPORT_FORMATS = ("segment-anything", "sam2")
+SAM2_TRUNK_PATCH_KEY = "image_encoder.trunk.patch_embed.proj.weight"
+SAM2_EXPECTED = ("an official SAM2 checkpoint: {'model': state dict} with image_encoder.trunk.*, "
+                 "image_encoder.neck.* and sam_mask_decoder.* tensors")
 
 
 def import_sam_checkpoint(src: Path, out: Path, variant: str | None = None) -> tuple[Path, str]:
@@ -46,6 +53,63 @@ def import_sam_checkpoint(src: Path, out: Path, variant: str | None = None) -> t
         "samora_kit_version": __version__,
     }
     return save_sam_layout(out, state, header)
+
+
+def import_checkpoint(src: Path, out: Path, variant: str | None = None,
+                      format: str = "segment-anything") -> tuple[Path, str]:
+    """`samora-kit weights import`: dispatch on the official checkpoint's `format`."""
+    if format == "sam2":
+        return import_sam2_checkpoint(src, out, variant)
+    if format != "segment-anything":
+        raise CheckpointError(f"unknown checkpoint format {format!r}; expected one of {IMPORT_FORMATS}")
+    return import_sam_checkpoint(src, out, variant)
+
+
+def import_sam2_checkpoint(src: Path, out: Path, variant: str | None = None) -> tuple[Path, str]:
+    """Convert an official SAM2 `.pt` ({"model": state_dict}) to safetensors (every tensor kept, header
+    format "sam2" and the detected variant) plus a `<out>.sha256` sidecar; return (out, sha256 of out)."""
+    src, out = Path(src), Path(out)
+    obj = load_pth_state_dict(src, SAM2_EXPECTED)
+    state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    missing = [k for k in (SAM2_TRUNK_PATCH_KEY, "image_encoder.neck.convs.0.conv.weight") if k not in state]
+    if missing:
+        raise CheckpointError(f"{src}: missing {', '.join(missing)}; expected {SAM2_EXPECTED}")
+    found = infer_sam2_variant(state, src)
+    if variant is not None and variant != found:
+        raise CheckpointError(f"{src}: holds a SAM2 {found} image encoder, but variant {variant!r} was requested")
+    _check_sam2_encoder_layout(state, found, src)
+    header = {
+        "format": "sam2",
+        "variant": found,
+        "source_file": src.name,
+        "source_sha256": sha256_of(src),
+        "samora_kit_version": __version__,
+    }
+    return save_sam_layout(out, state, header)
+
+
+def infer_sam2_variant(state: dict[str, torch.Tensor], src: Path) -> str:
+    """The sam2 variant (t, s, b+, l, tiny) whose trunk has this width and depth."""
+    from samora_kit_plugins.sam2.config import SAM2_VARIANTS, image_encoder_node, trunk_values
+
+    width = state[SAM2_TRUNK_PATCH_KEY].shape[0]
+    depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("image_encoder.trunk.blocks."))
+    known = {}
+    for name in SAM2_VARIANTS:
+        trunk = trunk_values(image_encoder_node(name))
+        known[name] = (int(trunk["embed_dim"]), sum(int(s) for s in trunk["stages"]))
+        if known[name] == (width, depth):
+            return name
+    listed = ", ".join(f"{n} ({w}/{d})" for n, (w, d) in known.items())
+    raise CheckpointError(f"{src}: SAM2 trunk with embed dim {width} and depth {depth} matches no known "
+                          f"variant; expected one of {listed}")
+
+
+def _check_sam2_encoder_layout(state: dict[str, torch.Tensor], variant: str, src: Path) -> None:
+    from samora_kit_plugins.sam2.backbone import check_state, reference_encoder_state
+
+    found = {k: v for k, v in state.items() if k.startswith("image_encoder.")}
+    check_state(found, reference_encoder_state(variant), f"{src} (a SAM2 {variant})", "")
 
 
 def save_sam_layout(out: Path, state: dict[str, torch.Tensor], header: dict) -> tuple[Path, str]:

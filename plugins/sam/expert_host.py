@@ -1,0 +1,149 @@
+"""What SAM and SAM2 backbones share: their LoRA / expert bookkeeping, expert packs, block outputs.
+
+A host keeps its LoRA blocks at `self.encoder.blocks` (SAM: the ViT's blocks; SAM2: the Hiera
+trunk's), so tensor names are `encoder.blocks.N.attn.qkv.*` for both, as expert packs expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from samora_kit.errors import CheckpointError, SamoraError
+from samora_kit.weights.expert_pack import ExpertPack, check_compatible, load_expert_pack, make_header
+
+from .experts import ExpertsQKV
+from .lora import LoRAQKV
+
+PROVENANCE = ("pretext", "teacher", "teacher_cpt", "data_fingerprint", "versions")
+QKV_PREFIX = "encoder.blocks.{}.attn.qkv."
+
+
+class ExpertHost:
+    """Mixin for an nn.Module with `encoder.blocks`, `experts_config`, `lora_rank`, `lora_targets`,
+    `lora_blocks` and a `shape_description()`; the fused blocks carry a `fuser` module."""
+
+    encoder: nn.Module
+    experts_config: object
+    lora_rank: int
+    lora_targets: tuple[str, ...]
+    lora_blocks: list[int]
+
+    def shape_description(self) -> dict:
+        raise NotImplementedError
+
+    def lora_layers(self) -> dict[int, LoRAQKV]:
+        """Block index -> its LoRA-wrapped qkv."""
+        return {i: b.attn.qkv for i, b in enumerate(self.encoder.blocks) if isinstance(b.attn.qkv, LoRAQKV)}
+
+    def expert_layers(self) -> dict[int, ExpertsQKV]:
+        """Block index -> its experts' qkv (stage 2 only)."""
+        return {i: b.attn.qkv for i, b in enumerate(self.encoder.blocks) if isinstance(b.attn.qkv, ExpertsQKV)}
+
+    def fusers(self) -> dict[int, nn.Module]:
+        """Block index -> its fuser (stage 2 only)."""
+        return {i: b.fuser for i, b in enumerate(self.encoder.blocks)
+                if isinstance(getattr(b, "fuser", None), nn.Module)}
+
+    @property
+    def expert_names(self) -> list[str]:
+        return list(self.experts_config.names) if self.experts_config is not None else []
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Single LoRA: its A/B tensors, keyed like `encoder.blocks.0.attn.qkv.lora_a.q.weight`.
+        Experts: the fusers' tensors, keyed like `encoder.blocks.0.fuser.<name>` (experts are frozen)."""
+        if self.experts_config is not None:
+            return {f"encoder.blocks.{i}.fuser.{k}": v
+                    for i, fuser in self.fusers().items() for k, v in fuser.state_dict().items()}
+        return {k: v for k, v in self.state_dict().items() if ".lora_a." in k or ".lora_b." in k}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.trainable_state_dict()
+        what = "fuser" if self.experts_config is not None else "LoRA"
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise CheckpointError(f"{what} tensors do not match this backbone: missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]}")
+        bad = [k for k in own if own[k].shape != state[k].shape]
+        if bad:
+            raise CheckpointError(f"{what} tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
+                                  f"expected {tuple(own[bad[0]].shape)}")
+        self.load_state_dict(state, strict=False)
+
+    def lora_description(self) -> dict:
+        return {"rank": self.lora_rank, "targets": list(self.lora_targets), "blocks": list(self.lora_blocks)}
+
+    def expert_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Stage 2: one expert's tensors, keyed as a single-LoRA backbone's trainable_state_dict."""
+        return {QKV_PREFIX.format(i) + k: v
+                for i, layer in self.expert_layers().items() for k, v in layer.expert_state(name).items()}
+
+    def load_expert(self, name: str, tensors: dict[str, torch.Tensor], source: str = "tensors") -> None:
+        """Stage 2: set expert `name` from tensors keyed as in an expert pack (checked first)."""
+        if name not in self.expert_names:
+            raise SamoraError(f"no expert named {name!r}; this backbone's experts are {self.expert_names}")
+        header = make_header(name, self.shape_description(), self.lora_description())
+        check_compatible(ExpertPack(tensors, header), self.shape_description(), self.lora_description(), source)
+        for i, layer in self.expert_layers().items():
+            prefix = QKV_PREFIX.format(i)
+            layer.load_expert(name, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+    def load_expert_pack(self, name: str, path: str | Path) -> ExpertPack:
+        """Stage 2: load expert `name` from a pack file after checking it fits this backbone."""
+        pack = load_expert_pack(path)
+        check_compatible(pack, self.shape_description(), self.lora_description(), path, expert=name)
+        self.load_expert(name, pack.tensors, str(path))
+        return pack
+
+    def expert_pack(self, expert: str, **provenance) -> ExpertPack:
+        """This backbone's LoRA as an expert pack (stage 1 output): tensors plus a header describing
+        the backbone shape and the LoRA. Provenance: pretext, teacher, teacher_cpt, data_fingerprint,
+        versions. On a stage-2 backbone, exports the frozen expert `expert`."""
+        unknown = sorted(set(provenance) - set(PROVENANCE))
+        if unknown:
+            raise TypeError(f"expert_pack() got unknown provenance {unknown}; accepted: {', '.join(PROVENANCE)}")
+        if not isinstance(expert, str) or not expert:
+            raise ValueError("expert_pack() needs the expert's name, e.g. 'image'")
+        if self.experts_config is None:
+            tensors = {k: v.detach().clone() for k, v in self.trainable_state_dict().items()}
+        else:
+            if expert not in self.expert_names:
+                raise SamoraError(f"no expert named {expert!r}; this backbone's experts are {self.expert_names}")
+            tensors = self.expert_state(expert)
+        header = make_header(expert, self.shape_description(), self.lora_description(), **provenance)
+        return ExpertPack(tensors, header)
+
+    # --- PretrainableBackbone -------------------------------------------------------------------------
+
+    @property
+    def block_channels(self) -> list[int]:
+        """Output width of each encoder block, in order."""
+        return [block_width(b) for b in self.encoder.blocks]
+
+    def block_outputs(self, images: torch.Tensor, blocks: list[int]):
+        """One forward pass: (the backbone output, [channels-last B,h,w,W_i output of each of `blocks`])."""
+        depth = len(self.encoder.blocks)
+        bad = [b for b in blocks if not isinstance(b, int) or not 0 <= b < depth]
+        if bad:
+            raise ValueError(f"block_outputs(): block {bad[0]!r} out of range; this encoder has blocks 0..{depth - 1}")
+        seen: dict[int, torch.Tensor] = {}
+        hooks = [self.encoder.blocks[i].register_forward_hook(_recorder(seen, i)) for i in sorted(set(blocks))]
+        try:
+            out = self(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return out, [seen[i] for i in blocks]
+
+
+def block_width(block: nn.Module) -> int:
+    """Output channels of a SAM ViT Block or a SAM2 MultiScaleBlock."""
+    dim_out = getattr(block, "dim_out", None)
+    return int(dim_out) if dim_out is not None else int(block.norm1.normalized_shape[0])
+
+
+def _recorder(store: dict[int, torch.Tensor], index: int):
+    def hook(_module, _inputs, output):
+        store[index] = output
+    return hook

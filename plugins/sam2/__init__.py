@@ -1,0 +1,18 @@
+"""SAM2 Hiera image encoder (t/s/b+/l from the sam2 package's configs, and a tiny test size) with
+SAMed-2-style LoRA or fused LoRA experts; outputs a FeaturePyramid of the raw FPN maps."""
+
+from samora_kit.hookspecs import hookimpl
+
+from .backbone import PIXEL_MEAN, PIXEL_STD, Sam2Backbone, build_sam2_backbone, build_trunk_and_neck
+from .config import Sam2BackboneConfig, image_encoder_node
+from .experts import ExpertFusedHieraBlock, hiera_variants_attention, install_hiera_experts
+
+__all__ = ["PIXEL_MEAN", "PIXEL_STD", "ExpertFusedHieraBlock", "Sam2Backbone", "Sam2BackboneConfig",
+           "build_sam2_backbone", "build_trunk_and_neck", "hiera_variants_attention", "image_encoder_node",
+           "install_hiera_experts"]
+
+
+@hookimpl
+def samora_kit_register(registry) -> None:
+    registry.add("backbone", "sam2", Sam2BackboneConfig, build_sam2_backbone,
+                 example={"variant": "tiny", "image_size": 64})

@@ -1,0 +1,111 @@
+"""Stage 2 on SAM2: K frozen LoRA experts fused inside a Hiera block, all variants batched.
+
+Per block: norm1 once, the (pooled) shortcut once, window partition once, the frozen qkv and every
+expert's deltas in one projection + one einsum (ExpertsQKV.variants), q-pooling per q variant,
+ONE scaled_dot_product_attention call for all K+1 variants [frozen, frozen+Δ_1, ..., frozen+Δ_K],
+ONE output projection, then (scope "attention", as SAM's ExpertFusedBlock):
+
+    x = shortcut + attn_frozen + fuser(attn_experts - attn_frozen);  x = x + mlp(norm2(x))
+
+A LoRAHub-style fuser (`merges_lora`) instead runs one LoRA whose A, B are the weighted sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from sam2.modeling.backbones.hieradet import MultiScaleAttention, MultiScaleBlock, do_pool
+from sam2.modeling.backbones.utils import window_partition, window_unpartition
+from torch import nn
+
+from samora_kit_plugins.sam.experts import ExpertsQKV, check_fuser
+
+
+def hiera_variants_attention(attn: MultiScaleAttention, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor) -> torch.Tensor:
+    """Hiera's MultiScaleAttention after its qkv projection, for V variants in one SDPA call.
+
+    q, k, v: V or 1 (shared by every variant), n, h, w, C_out -> V, n, h', w', C_out after
+    `attn.proj` (h', w' = h, w pooled by `attn.q_pool` when the block downsamples)."""
+    count = max(q.shape[0], k.shape[0], v.shape[0])
+    _, n, h, w, dim = k.shape
+    heads = attn.num_heads
+    if attn.q_pool is not None:  # pool each q variant (a shared q once)
+        pooled = do_pool(q.reshape(q.shape[0] * n, h, w, dim), attn.q_pool)
+        hq, wq = pooled.shape[1:3]
+        q = pooled.view(q.shape[0], n, hq, wq, dim)
+    hq, wq = q.shape[2:4]
+
+    def heads_first(t: torch.Tensor) -> torch.Tensor:  # V', n, a, b, C -> count * n, heads, a*b, C/heads
+        length = t.shape[2] * t.shape[3]
+        t = t.expand(count, -1, -1, -1, -1).reshape(count * n, length, heads, dim // heads)
+        return t.transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))
+    return attn.proj(out.transpose(1, 2).reshape(count, n, hq, wq, dim))
+
+
+class ExpertFusedHieraBlock(MultiScaleBlock):
+    """A sam2 MultiScaleBlock whose forward runs the frozen path and K experts batched and adds
+    the fused expert deltas. Made from a built block by `install_hiera_experts` (the class is swapped
+    in place, so parameter names stay `blocks.N.norm1...`); adds `fuser` and `scope`."""
+
+    fuser: nn.Module
+    scope: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B, H, W, C_in -> B, H', W', C_out
+        qkv: ExpertsQKV = self.attn.qkv
+        shortcut = x
+        tokens = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = do_pool(self.proj(tokens), self.pool)
+        height, width = tokens.shape[1:3]
+        window = self.window_size
+        if window > 0:
+            tokens, pad_hw = window_partition(tokens, window)
+
+        if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
+            a, b = qkv.merged(self.fuser.mixing_weights())
+            q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
+        else:
+            q, k, v = qkv.variants(tokens, shared=True)  # K+1 (or 1 when shared), n, h, w, C_out
+        out = hiera_variants_attention(self.attn, q, k, v)  # V, n, h', w', C_out
+
+        if self.fuser.merges_lora:
+            attn_out = out[0]
+        else:
+            frozen, experts = out.split([1, out.shape[0] - 1])  # split: no zero-filled select grads
+            attn_out = frozen[0] + self._fuse(experts - frozen)
+
+        if self.q_stride:  # shapes changed by q-pooling
+            window = self.window_size // self.q_stride[0]
+            height, width = shortcut.shape[1:3]
+            if window > 0:
+                pad_hw = (height + (window - height % window) % window, width + (window - width % window) % window)
+        if self.window_size > 0:
+            attn_out = window_unpartition(attn_out, window, pad_hw, (height, width))
+        x = shortcut + self.drop_path(attn_out)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _fuse(self, deltas: torch.Tensor) -> torch.Tensor:
+        """deltas K, n, h, w, C -> the fuser on K, n, h*w, C -> n, h, w, C."""
+        k, n, h, w, dim = deltas.shape
+        flat = deltas.reshape(k, n, h * w, dim)
+        fused = self.fuser(flat)
+        if fused.shape != flat.shape[1:]:
+            raise ValueError(f"fuser {type(self.fuser).__name__} returned shape {tuple(fused.shape)} for deltas "
+                             f"{tuple(flat.shape)}; expected {tuple(flat.shape[1:])} (N, L, C)")
+        return fused.view(n, h, w, dim)
+
+
+def install_hiera_experts(block: MultiScaleBlock, names: Sequence[str], rank: int, targets: Sequence[str],
+                          fuser: nn.Module) -> ExpertFusedHieraBlock:
+    """Turn a built (frozen) Hiera block into an ExpertFusedHieraBlock in place and return it."""
+    check_fuser(fuser, len(names))
+    block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
+    block.__class__ = ExpertFusedHieraBlock
+    block.fuser = fuser
+    block.scope = "attention"
+    return block
