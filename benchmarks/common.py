@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,3 +37,24 @@ def peak_memory_mib(device: torch.device) -> tuple[str, float]:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def report(result: dict[str, float]) -> None:
+    """The last line of a measurement, read back by `measure_each`."""
+    print("result " + json.dumps(result))
+
+
+def measure_each(script: str, recipes: list[Path]) -> None:
+    """Several recipes: each measured by `script` in its own process (so peak memory is its own),
+    one after the other, then every figure of each recipe as a ratio to the first recipe's."""
+    argv = [a for a in sys.argv[1:] if a not in {str(r) for r in recipes}]
+    rows = []
+    for recipe in recipes:
+        done = subprocess.run([sys.executable, script, str(recipe), *argv], capture_output=True, text=True)
+        print(done.stdout, end="")
+        if done.returncode != 0:
+            sys.exit(f"{script} {recipe} failed:\n{done.stderr[-2000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1].removeprefix("result ")))
+    for recipe, row in zip(recipes[1:], rows[1:]):
+        ratios = ", ".join(f"{row[k] / rows[0][k]:.2f}x {k}" for k in rows[0] if rows[0][k])
+        print(f"{recipe} / {recipes[0]}: {ratios}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -49,7 +50,6 @@ ABLATIONS = {  # label -> (arm, overrides): Table 4 and 5 at one k, then the sch
     "samora no warm-up": ("samora", ["train.warmup_iters=0"]),
     "samed at samora's epochs": ("samed", ["train.epochs=10"]),
 }
-START, END = "<!-- fewshot:start -->", "<!-- fewshot:end -->"
 
 
 def main() -> None:
@@ -60,8 +60,10 @@ def main() -> None:
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every run's epochs")
     p.add_argument("--ablations", type=int, metavar="K", help="also run the Table 4/5 ablations at this k")
+    p.add_argument("--ablation-draws", type=int, help="draws per ablation (default: --draws)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "fewshot")
     p.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    p.add_argument("--docs-block", default="fewshot", help="write between <!-- NAME:start/end --> (default fewshot)")
     args = p.parse_args()
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
 
@@ -74,13 +76,13 @@ def main() -> None:
     if args.ablations:
         for label, (arm, extra) in ABLATIONS.items():
             folder = label.replace(" ", "_").replace("'", "")
-            for draw in range(args.draws):
+            for draw in range(args.ablation_draws or args.draws):
                 results.setdefault((label, args.ablations), []).append(
                     _run_arm(ARMS[arm], folder, args.ablations, draw, extra, args))
     table = _markdown(results, command, args) + _one_off_table(one_off)
     print(table)
     if not args.no_docs:
-        _write_docs(table)
+        _write_docs(table, args.docs_block)
 
 
 def _one_off_stages(arm_recipes: list[str]) -> dict[str, str]:
@@ -119,6 +121,8 @@ def _run_arm(recipe: str, arm: str, k: int, draw: int, extra: list[str], args) -
         overrides.append(f"data.test.count={args.test_count}")
     timing = out / TIMING
     if not (out / "eval" / "summary.json").exists():
+        if out.exists():  # an interrupted run: start it again, so its wall time is whole
+            shutil.rmtree(out)
         seconds = _timed(REPO / recipe, overrides)
         timing.write_text(f"{seconds:.1f}\n")
     summary = json.loads((out / "eval" / "summary.json").read_text())
@@ -177,12 +181,12 @@ def _pm(values: list, scale: float) -> str:
     return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
 
 
-def _write_docs(table: str) -> None:
+def _write_docs(table: str, block: str) -> None:
     path = REPO / "docs" / "benchmarks.md"
     text = path.read_text()
-    block = f"{START}\n{table}\n{END}"
-    text = text[:text.index(START)] + block + text[text.index(END) + len(END):] if START in text \
-        else text.rstrip() + "\n\n## Few-shot results\n" + block + "\n"
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    text = text[:text.index(start)] + f"{start}\n{table}\n{end}" + text[text.index(end) + len(end):] \
+        if start in text else text.rstrip() + f"\n\n{start}\n{table}\n{end}\n"
     path.write_text(text)
 
 

@@ -6,8 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__)"
-for recipe in recipes/samed.toml recipes/samora.toml; do
-    python3 benchmarks/train_step.py "$recipe" --device cuda --batch 32 --steps 20 --warmup 3
-    python3 benchmarks/infer.py "$recipe" --device cuda --volume 128,512,512 --volumes 3
-done
+python3 benchmarks/train_step.py recipes/samed.toml recipes/samora.toml --device cuda --batch 32 --steps 20 --warmup 3
+python3 benchmarks/infer.py recipes/samed.toml recipes/samora.toml --device cuda --volume 128,512,512 --volumes 3
 samora-kit run recipes/quickstart_samed.toml run.device=cuda run.output_dir="${OUT:-/tmp}/quickstart-samed-cuda"

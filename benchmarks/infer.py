@@ -2,6 +2,7 @@
 volumes, stacked back, as `samora-kit evaluate` does it.
 
     python benchmarks/infer.py recipes/samed.toml --device cpu --volume 32,224,224 --volumes 2
+    python benchmarks/infer.py recipes/samed.toml recipes/samora.toml --device cpu --volume 16,224,224   # + ratio
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from common import model_from_recipe, peak_memory_mib, synchronize
+from common import measure_each, model_from_recipe, peak_memory_mib, report, synchronize
 
 from samora_kit.eval.inference import predict_volume
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", type=Path)
-    p.add_argument("overrides", nargs="*", help="key.path=value, as for samora-kit run")
+    p.add_argument("recipes", type=Path, nargs="+", help="one recipe, or several: each is measured in its own "
+                   "process, then compared with the first as a ratio")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override (key.path=value, as for samora-kit run); repeatable")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--volume", default="64,512,512", help="Z,H,W of the random test volume "
                    "(default: a Synapse-sized CT volume cut to 64 slices)")
@@ -29,13 +33,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="slices per forward (default: eval.batch_size)")
     p.add_argument("--num-classes", type=int, default=8)
     args = p.parse_args()
+    if len(args.recipes) > 1:
+        return measure_each(__file__, args.recipes)
+    args.recipe = args.recipes[0]
 
     device = torch.device(args.device)
     recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device)
     shape = tuple(int(n) for n in args.volume.split(","))
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
     batch = args.batch or recipe.eval.batch_size
-    predict_volume(model, volume[:batch], batch, device)  # warm-up
+    with FlopCounterMode(display=False) as counter:  # one forward of `batch` slices, also the warm-up
+        predict_volume(model, volume[:batch], batch, device)
+    slice_gflop = sum(counter.get_flop_counts().get("Global", {}).values()) / batch / 1e9
     synchronize(device)
     start = time.perf_counter()
     for _ in range(args.volumes):
@@ -46,7 +55,9 @@ def main() -> None:
     print(f"recipe {args.recipe} ({recipe.backbone.name} {getattr(recipe.backbone, 'variant', '')} "
           f"{model.image_size}px + {recipe.decoder.name}) on {device}, fp32, volume {shape}, "
           f"{batch} slices per forward")
-    print(f"{seconds:.2f} s per volume  |  {shape[0] / seconds:.1f} slices/s  |  {memory_name} {memory:.0f} MiB")
+    print(f"{seconds:.2f} s per volume  |  {shape[0] / seconds:.1f} slices/s  |  {memory_name} {memory:.0f} MiB  |  "
+          f"{slice_gflop:.2f} GFLOP per slice")
+    report({"seconds_per_volume": seconds, "memory_mib": memory, "gflop_per_slice": slice_gflop})
 
 
 if __name__ == "__main__":

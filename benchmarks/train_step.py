@@ -2,6 +2,7 @@
 model with random weights.
 
     python benchmarks/train_step.py recipes/samed.toml --device cpu --batch 4 --steps 5
+    python benchmarks/train_step.py recipes/samed.toml recipes/samora.toml --device cpu --batch 2   # + ratio
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import model_from_recipe, peak_memory_mib, synchronize
+from common import measure_each, model_from_recipe, peak_memory_mib, report, synchronize
 
 from samora_kit.train.losses import DiceCELoss
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", type=Path)
-    p.add_argument("overrides", nargs="*", help="key.path=value, as for samora-kit run")
+    p.add_argument("recipes", type=Path, nargs="+", help="one recipe, or several: each is measured in its own "
+                   "process, then compared with the first as a ratio")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override (key.path=value, as for samora-kit run); repeatable")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=None, help="default: the recipe's train.batch_size")
     p.add_argument("--steps", type=int, default=10)
@@ -29,6 +32,9 @@ def main() -> None:
     p.add_argument("--num-classes", type=int, default=8)
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
     args = p.parse_args()
+    if len(args.recipes) > 1:
+        return measure_each(__file__, args.recipes)
+    args.recipe = args.recipes[0]
 
     device = torch.device(args.device)
     recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device)
@@ -71,6 +77,7 @@ def main() -> None:
           f"batch {batch}, {'bf16 autocast' if bf16 else 'fp32'}, {args.steps} timed steps")
     print(f"step {seconds * 1000:.1f} ms  |  {batch / seconds:.2f} images/s  |  "
           f"{memory_name} {memory:.0f} MiB  |  {step_flops / seconds / 1e12:.2f} TFLOP/s achieved (whole step)")
+    report({"step_ms": seconds * 1000, "memory_mib": memory, "step_gflop": step_flops / 1e9})
 
 
 if __name__ == "__main__":

@@ -18,4 +18,5 @@ def test_python_api_page_runs_as_written(monkeypatch, capsys):
         exec(compile(block, str(DOC), "exec"), namespace)
     out = capsys.readouterr().out
     assert "torch.Size([4, 64, 64])" in out and "torch.Size([2, 3, 16, 16])" in out
+    assert "torch.Size([2, 32, 4, 4]) [16, 8]" in out  # the SAM2 pyramid
     assert "gated_sum" in namespace["registry"].names("fuser")
