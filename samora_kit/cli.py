@@ -67,15 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     imp = weights.add_parser("import", help="convert an official SAM .pth (or SAM2 .pt) into checksummed safetensors")
     imp.add_argument("source", type=Path)
     imp.add_argument("output", type=Path)
-    imp.add_argument("--format", choices=["segment-anything", "sam2"], default="segment-anything",
-                     help="segment-anything (SAM .pth, default) or sam2 (SAM2 .pt)")
-    imp.add_argument("--variant", choices=["vit_b", "vit_l", "vit_h", "tiny", "t", "s", "b+", "l"],
-                     help="refuse the file unless it holds this variant (SAM: vit_*/tiny; SAM2: t/s/b+/l/tiny)")
+    imp.add_argument("--format", default="segment-anything",
+                     help="an importer (samora-kit plugins lists them): segment-anything (SAM .pth, default), "
+                          "sam2 (SAM2 .pt)")
+    imp.add_argument("--variant", help="refuse the file unless it holds this variant (SAM: vit_b/l/h, tiny; "
+                                       "SAM2: t, s, b+, l, tiny)")
     imp.set_defaults(func=_weights_import)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
     conv = data.add_parser("convert", help="turn a public download into the folder a dataset adapter reads")
-    conv.add_argument("kind", choices=["la", "promise12"])
+    conv.add_argument("kind", help="a converter (samora-kit plugins lists them): la, promise12")
     conv.add_argument("source", type=Path)
     conv.add_argument("output", type=Path)
     conv.set_defaults(func=_data_convert)

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import DuplicateComponentError, SamoraError
 
-KINDS = ("backbone", "pretext", "teacher", "fuser", "decoder", "dataset")
+# model and data components recipes choose by name, then the tools behind `samora-kit weights import`
+# (an official checkpoint format -> safetensors) and `samora-kit data convert` (a download -> a folder)
+KINDS = ("backbone", "pretext", "teacher", "fuser", "decoder", "dataset", "importer", "converter")
 
 
 class ComponentConfig(BaseModel):

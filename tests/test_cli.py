@@ -174,10 +174,12 @@ def test_plugins_json_lists_components_with_their_distribution(capsys):
     assert {"acdc", "decathlon", "mni152_demo", "synapse"} <= set(listing["dataset"])
 
 
-def test_plugins_table_runs(capsys):
+def test_plugins_table_runs(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # one line per cell, so words are not wrapped apart
     code, out, err = _cli(capsys, "plugins")
     assert code == 0, err
-    for word in ("samora-kit components", "backbone", "sam", "samed", "decathlon", "samora-kit 0.1.0"):
+    for word in ("samora-kit components", "backbone", "sam", "samed", "decathlon", "samora-kit 0.1.0",
+                 "importer", "segment-anything", "converter", "promise12"):
         assert word in out
     assert "failed to load" not in out
 

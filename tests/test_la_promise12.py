@@ -1,4 +1,4 @@
-"""LA (UA-MT mri_norm2.h5) and PROMISE12 (MetaImage) adapters, their shipped splits and `samora_kit.convert`."""
+"""LA (UA-MT mri_norm2.h5) and PROMISE12 (MetaImage) adapters, their shipped splits and their `samora-kit data convert` converters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samora_kit.convert import KINDS, convert
+from samora_kit.convert import convert
+from samora_kit.plugins import default_registry
 from samora_kit.errors import DataError
 from samora_kit_plugins.datasets import la
 from samora_kit_plugins.datasets.promise12 import read_metaimage, write_metaimage
@@ -134,7 +135,7 @@ def test_convert_la_names_missing_cases(la_download, tmp_path):
         convert("la", tmp_path / "partial" / LA_TRAIN[0], tmp_path / "out")
     with pytest.raises(DataError, match="unknown conversion 'acdc'"):
         convert("acdc", src, tmp_path / "out")
-    assert KINDS == ("la", "promise12")
+    assert default_registry().names("converter") == ["la", "promise12"]  # plugins, listed by `samora-kit plugins`
 
 
 # ---- PROMISE12 ----------------------------------------------------------------------------------

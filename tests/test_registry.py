@@ -26,7 +26,7 @@ def test_builtin_plugins_register_through_the_entry_point_group():
 
 
 def test_every_kind_of_the_method_exists():
-    assert set(KINDS) == {"backbone", "pretext", "teacher", "fuser", "decoder", "dataset"}
+    assert set(KINDS) == {"backbone", "pretext", "teacher", "fuser", "decoder", "dataset", "importer", "converter"}
 
 
 def test_duplicate_name_is_an_error_not_an_overwrite():

@@ -3,7 +3,7 @@ no-download MNI152 demo and the unlabelled pool of stage-1 pre-training."""
 
 from samora_kit.hookspecs import hookimpl
 
-from . import acdc, decathlon, la, mni152_demo, promise12, synapse, unlabelled_pool
+from . import acdc, convert, decathlon, la, mni152_demo, promise12, synapse, unlabelled_pool
 
 
 @hookimpl
@@ -19,3 +19,4 @@ def samora_kit_register(registry) -> None:
                  example={})
     registry.add("dataset", unlabelled_pool.NAME, unlabelled_pool.UnlabelledPoolConfig,
                  unlabelled_pool.build_unlabelled_pool, example=unlabelled_pool.EXAMPLE)
+    convert.register(registry)

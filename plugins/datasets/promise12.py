@@ -8,7 +8,7 @@ Intensities: per-volume percentile normalisation (mode "mr").
 
 Default splits follow H-SAM's 3-scan setting: train Case05, Case14, Case29 (lists/promise12_train.list),
 test Case12, 13, 16, 20, 23, 28, 34, 35, 43, 49 (lists/promise12_test.list).
-`samora_kit.convert.convert("promise12", src, dst)` flattens the challenge's TrainingData_Part1..3 folders.
+`samora-kit data convert promise12 SRC DST` (convert.py) flattens the challenge's TrainingData_Part1..3 folders.
 
 MetaImage is read by the small reader below (uncompressed or zlib-compressed data, one data file or LOCAL),
 so no SimpleITK dependency is needed.

@@ -3,11 +3,12 @@
 from samora_kit.hookspecs import hookimpl
 
 from .backbone import SamBackbone, build_image_encoder, build_sam_backbone
+from .checkpoint_import import SamImportConfig, import_sam, import_sam_checkpoint
 from .config import SAM_PRESETS, ExpertsConfig, LoRAConfig, SamBackboneConfig, SamPreset
 from .experts import ExpertFusedBlock, ExpertsQKV, sam_attention_sdpa, sdpa_attention
 from .lora import LoRAQKV
 
-__all__ = ["SAM_PRESETS", "ExpertFusedBlock", "ExpertsConfig", "ExpertsQKV", "LoRAConfig", "LoRAQKV", "SamBackbone",
+__all__ = ["SAM_PRESETS", "import_sam_checkpoint", "ExpertFusedBlock", "ExpertsConfig", "ExpertsQKV", "LoRAConfig", "LoRAQKV", "SamBackbone",
            "SamBackboneConfig", "SamPreset", "build_image_encoder", "build_sam_backbone", "sam_attention_sdpa",
            "sdpa_attention"]
 
@@ -16,3 +17,4 @@ __all__ = ["SAM_PRESETS", "ExpertFusedBlock", "ExpertsConfig", "ExpertsQKV", "Lo
 def samora_kit_register(registry) -> None:
     registry.add("backbone", "sam", SamBackboneConfig, build_sam_backbone,
                  example={"variant": "tiny", "image_size": 64})
+    registry.add("importer", "segment-anything", SamImportConfig, import_sam)

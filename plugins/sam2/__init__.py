@@ -4,11 +4,12 @@ SAMed-2-style LoRA or fused LoRA experts; outputs a FeaturePyramid of the raw FP
 from samora_kit.hookspecs import hookimpl
 
 from .backbone import PIXEL_MEAN, PIXEL_STD, Sam2Backbone, build_sam2_backbone, build_trunk_and_neck
+from .checkpoint_import import Sam2ImportConfig, import_sam2, import_sam2_checkpoint
 from .config import Sam2BackboneConfig, image_encoder_node
 from .experts import ExpertFusedHieraBlock, hiera_variants_attention, install_hiera_experts
 
 __all__ = ["PIXEL_MEAN", "PIXEL_STD", "ExpertFusedHieraBlock", "Sam2Backbone", "Sam2BackboneConfig",
-           "build_sam2_backbone", "build_trunk_and_neck", "hiera_variants_attention", "image_encoder_node",
+           "build_sam2_backbone", "build_trunk_and_neck", "import_sam2_checkpoint", "hiera_variants_attention", "image_encoder_node",
            "install_hiera_experts"]
 
 
@@ -16,3 +17,4 @@ __all__ = ["PIXEL_MEAN", "PIXEL_STD", "ExpertFusedHieraBlock", "Sam2Backbone", "
 def samora_kit_register(registry) -> None:
     registry.add("backbone", "sam2", Sam2BackboneConfig, build_sam2_backbone,
                  example={"variant": "tiny", "image_size": 64})
+    registry.add("importer", "sam2", Sam2ImportConfig, import_sam2)
