@@ -49,6 +49,8 @@ ABLATIONS = {  # label -> (arm, overrides): Table 4 and 5 at one k, then the sch
     "samora at samed's epochs": ("samora", ["train.epochs=100"]),
     "samora no warm-up": ("samora", ["train.warmup_iters=0"]),
     "samed at samora's epochs": ("samed", ["train.epochs=10"]),
+    # what the frozen self-pre-trained base gives on its own: no LoRA, no experts, only the decoder trains
+    "decoder only, encoder frozen": ("samed", ["backbone.lora.blocks=[]"]),
 }
 
 
@@ -75,11 +77,11 @@ def main() -> None:
                 results.setdefault((arm, k), []).append(_run_arm(ARMS[arm], arm, k, draw, [], args))
     if args.ablations:
         for label, (arm, extra) in ABLATIONS.items():
-            folder = label.replace(" ", "_").replace("'", "")
+            folder = label.replace(" ", "_").replace("'", "").replace(",", "")
             for draw in range(args.ablation_draws or args.draws):
                 results.setdefault((label, args.ablations), []).append(
                     _run_arm(ARMS[arm], folder, args.ablations, draw, extra, args))
-    table = _markdown(results, command, args) + _one_off_table(one_off)
+    table = _markdown(results, command, args) + "\n" + _one_off_table(one_off)
     print(table)
     if not args.no_docs:
         _write_docs(table, args.docs_block)
@@ -145,7 +147,8 @@ def _timed(recipe: Path, overrides: list[str]) -> float:
 def _markdown(results: dict, command: str, args) -> str:
     first = next(iter(results.values()))[0]["summary"]
     classes = list(first["transunet"]["classes"])
-    lines = [f"Command: `{command}` (from the repository root; `{args.runs}` holds every run).", ""]
+    runs = args.runs.resolve().relative_to(REPO) if args.runs.resolve().is_relative_to(REPO) else args.runs
+    lines = [f"Command: `{command}` (from the repository root; `{runs}/` holds every run).", ""]
     for policy, unit in (("transunet", "vox"), ("strict", "mm")):
         lines += [f"**{policy} policy** — Dice % and HD95 {unit}, mean ± std over draws "
                   f"(each draw: the mean over its test subjects)", ""]
