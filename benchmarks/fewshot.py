@@ -4,6 +4,7 @@ the SAMora arms fine-tune for 10 % of their baseline's epochs (the recipes say s
 
     python benchmarks/fewshot.py --ablations 3                    # k = 1, 3, 5 x 5 draws, all six arms
     python benchmarks/fewshot.py --arms samed samora              # one pair only
+    python benchmarks/fewshot.py --dataset acdc --arms samed samora --docs-block fewshot-acdc   # the secondary
     python benchmarks/fewshot.py --ks 1 --draws 1 --test-count 4 --epochs-scale 0.05   # a smoke run
 
 Every run is `samora-kit run` of recipes/fewshot/* with overrides, in runs/fewshot/<arm>-k<k>-d<draw>;
@@ -31,8 +32,8 @@ from samora_kit.plugins import default_registry  # noqa: E402
 from samora_kit.recipe import load_recipe  # noqa: E402
 from samora_kit.runner import run, run_dir_of  # noqa: E402
 
-ARMS = {arm: f"recipes/fewshot/hippocampus_{arm}.toml" for arm in
-        ("samed", "samora", "h_sam", "h_samora", "samed2", "samora2")}
+ARM_NAMES = ("samed", "samora", "h_sam", "h_samora", "samed2", "samora2")
+DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<arm>.toml; ACDC has the samed/samora pair
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
 ABLATIONS = {  # label -> (arm, overrides): Table 4 and 5 at one k, then the schedule diagnostics
@@ -56,31 +57,39 @@ ABLATIONS = {  # label -> (arm, overrides): Table 4 and 5 at one k, then the sch
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--dataset", choices=DATASETS, default="hippocampus")
+    p.add_argument("--arms", nargs="+", choices=ARM_NAMES, default=list(ARM_NAMES))
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every run's epochs")
     p.add_argument("--ablations", type=int, metavar="K", help="also run the Table 4/5 ablations at this k")
     p.add_argument("--ablation-draws", type=int, help="draws per ablation (default: --draws)")
-    p.add_argument("--runs", type=Path, default=REPO / "runs" / "fewshot")
+    p.add_argument("--runs", type=Path, help="default: runs/fewshot (hippocampus), runs/fewshot-<dataset>")
     p.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     p.add_argument("--docs-block", default="fewshot", help="write between <!-- NAME:start/end --> (default fewshot)")
     args = p.parse_args()
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
+    suffix = "" if args.dataset == "hippocampus" else f"-{args.dataset}"
+    args.runs = args.runs or REPO / "runs" / f"fewshot{suffix}"
+    arms = {arm: f"recipes/fewshot/{args.dataset}_{arm}.toml" for arm in args.arms}
+    missing = [path for path in arms.values() if not (REPO / path).is_file()]
+    if missing:
+        sys.exit(f"no recipe {', '.join(missing)}: --arms for {args.dataset} are "
+                 f"{[a for a in ARM_NAMES if (REPO / f'recipes/fewshot/{args.dataset}_{a}.toml').is_file()]}")
 
-    one_off = _one_off_stages([ARMS[arm] for arm in args.arms])
+    one_off = _one_off_stages(list(arms.values()))
     results: dict[tuple[str, int], list[dict]] = {}
     for k in args.ks:
         for draw in range(args.draws):
             for arm in args.arms:
-                results.setdefault((arm, k), []).append(_run_arm(ARMS[arm], arm, k, draw, [], args))
+                results.setdefault((arm, k), []).append(_run_arm(arms[arm], arm, k, draw, [], args))
     if args.ablations:
         for label, (arm, extra) in ABLATIONS.items():
             folder = label.replace(" ", "_").replace("'", "").replace(",", "")
             for draw in range(args.ablation_draws or args.draws):
                 results.setdefault((label, args.ablations), []).append(
-                    _run_arm(ARMS[arm], folder, args.ablations, draw, extra, args))
+                    _run_arm(f"recipes/fewshot/{args.dataset}_{arm}.toml", folder, args.ablations, draw, extra, args))
     table = _markdown(results, command, args) + "\n" + _one_off_table(one_off)
     print(table)
     if not args.no_docs:
