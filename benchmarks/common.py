@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -37,6 +38,18 @@ def peak_memory_mib(device: torch.device) -> tuple[str, float]:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every per-recipe benchmark takes: recipes, overrides, device, class count."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", type=Path, nargs="+", help="one recipe, or several: each is measured in its own "
+                   "process, then compared with the first as a ratio")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override (key.path=value, as for samora-kit run); repeatable")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--num-classes", type=int, default=8)
+    return p
 
 
 def report(result: dict[str, float]) -> None:

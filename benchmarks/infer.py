@@ -7,31 +7,23 @@ volumes, stacked back, as `samora-kit evaluate` does it.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import measure_each, model_from_recipe, peak_memory_mib, report, synchronize
+from common import benchmark_parser, measure_each, model_from_recipe, peak_memory_mib, report, synchronize
 
 from samora_kit.eval.inference import predict_volume
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipes", type=Path, nargs="+", help="one recipe, or several: each is measured in its own "
-                   "process, then compared with the first as a ratio")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a recipe override (key.path=value, as for samora-kit run); repeatable")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = benchmark_parser(__doc__)
     p.add_argument("--volume", default="64,512,512", help="Z,H,W of the random test volume "
                    "(default: a Synapse-sized CT volume cut to 64 slices)")
     p.add_argument("--volumes", type=int, default=3, help="timed volumes")
     p.add_argument("--batch", type=int, default=None, help="slices per forward (default: eval.batch_size)")
-    p.add_argument("--num-classes", type=int, default=8)
     args = p.parse_args()
     if len(args.recipes) > 1:
         return measure_each(__file__, args.recipes)

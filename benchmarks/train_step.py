@@ -7,29 +7,21 @@ model with random weights.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import measure_each, model_from_recipe, peak_memory_mib, report, synchronize
+from common import benchmark_parser, measure_each, model_from_recipe, peak_memory_mib, report, synchronize
 
 from samora_kit.train.losses import DiceCELoss
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipes", type=Path, nargs="+", help="one recipe, or several: each is measured in its own "
-                   "process, then compared with the first as a ratio")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a recipe override (key.path=value, as for samora-kit run); repeatable")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = benchmark_parser(__doc__)
     p.add_argument("--batch", type=int, default=None, help="default: the recipe's train.batch_size")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--num-classes", type=int, default=8)
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
     args = p.parse_args()
     if len(args.recipes) > 1:
