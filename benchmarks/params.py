@@ -3,6 +3,7 @@ Table 3 where it has the model; with --infer-volume also seconds per test volume
 
     python benchmarks/params.py recipes/samed.toml recipes/samora.toml recipes/h_sam.toml recipes/h_samora.toml
     python benchmarks/params.py recipes/*.toml --infer-volume 32,512,512
+    python benchmarks/params.py recipes/h_sam.toml --parts        # the decoder part by part
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     p.add_argument("--num-classes", type=int, default=8)
     p.add_argument("--infer-volume", help="Z,H,W of a random volume to time inference on (CPU unless --device)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--parts", action="store_true", help="also the decoder's parameters part by part (two levels)")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"{'recipe':28s} {'total M':>9s} {'trainable M':>12s} {'encoder M':>10s} {'fusers M':>9s} "
@@ -42,6 +44,8 @@ def main() -> None:
         print(f"{str(path):28s} {_count(model):9.2f} {_count(model, trainable=True):12.2f} {encoder:10.2f} "
               f"{fusers:9.2f} {_count(model.decoder):10.2f} {paper if paper is not None else '-':>14}"
               + (f" {seconds:9.2f}" if seconds is not None else ""))
+        if args.parts:
+            _print_parts(model.decoder, "decoder")
 
 
 def _seconds_per_volume(model, shape: str, batch: int, device: torch.device) -> float:
@@ -54,6 +58,13 @@ def _seconds_per_volume(model, shape: str, batch: int, device: torch.device) -> 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def _print_parts(module: torch.nn.Module, name: str, depth: int = 2) -> None:
+    for child_name, child in module.named_children():
+        if depth and _count(child) >= 0.01:
+            print(f"    {name + '.' + child_name:52s} {_count(child):9.2f} M")
+            _print_parts(child, f"{name}.{child_name}", depth - 1)
 
 
 def _count(module: torch.nn.Module, trainable: bool = False) -> float:

@@ -25,6 +25,7 @@ class SumFuser(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
         super().__init__()
+        self.dim, self.num_heads = dim, num_heads
         self.shapes: list[tuple[int, ...]] = []
 
     def forward(self, deltas: torch.Tensor) -> torch.Tensor:

@@ -23,19 +23,10 @@ from samora_kit_plugins.sam2 import (PIXEL_MEAN, PIXEL_STD, Sam2Backbone, Sam2Ba
                                      image_encoder_node)
 from samora_kit_plugins.sam2.backbone import reference_encoder_state
 
+from .test_experts import SumFuser  # the one test fuser that sums the deltas
+
 NAMES = ["image", "patch", "pixel"]
 ATOL = 1e-5
-
-
-class SumFuser(nn.Module):
-    merges_lora = False
-
-    def __init__(self, dim: int, num_heads: int, names: list[str]) -> None:
-        super().__init__()
-        self.dim, self.num_heads = dim, num_heads
-
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
-        return deltas.sum(0)
 
 
 class ZeroFuser(SumFuser):

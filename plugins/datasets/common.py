@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -74,8 +76,9 @@ def _listed(values: np.ndarray, limit: int = 8) -> str:
     return f"[{shown}{', ...' if values.size > limit else ''}]"
 
 
-def read_h5_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32, label) from an HDF5 file with 3D datasets `image` and `label`."""
+def h5_datasets(path: Path, take: Callable[[h5py.Dataset], Any] = lambda d: d[()]) -> tuple[Any, Any]:
+    """`take` of the `image` and `label` datasets of an HDF5 file: their arrays by default, or e.g. only
+    their shapes; a missing file or dataset, or a broken file, is a DataError naming the file."""
     if not path.is_file():
         raise DataError(f"{path}: no such HDF5 file")
     try:
@@ -84,9 +87,15 @@ def read_h5_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise DataError(f"{path}: missing dataset(s) {missing}; found {list(h5.keys())}, "
                                 "expected 'image' and 'label'")
-            image, label = np.asarray(h5["image"][()], dtype=np.float32), np.asarray(h5["label"][()])
+            return take(h5["image"]), take(h5["label"])
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path}: unreadable or truncated HDF5 file ({exc})") from None
+
+
+def read_h5_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32, label) from an HDF5 file with 3D datasets `image` and `label`."""
+    image, label = h5_datasets(path)
+    image, label = np.asarray(image, dtype=np.float32), np.asarray(label)
     if image.ndim != 3:
         raise DataError(f"{path}: expected a 3D (slices, H, W) 'image', got shape {image.shape}")
     return image, label

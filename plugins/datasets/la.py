@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 from pydantic import Field
 
@@ -24,7 +23,7 @@ from samora_kit.data.volume import Volume
 from samora_kit.errors import DataError
 from samora_kit.registry import did_you_mean
 
-from .common import DatasetConfig, SplitCases, check_num_classes, check_same_shape, checked_label, existing_dir
+from .common import DatasetConfig, SplitCases, check_num_classes, checked_label, existing_dir, h5_datasets
 
 NAME = "la"
 CLASS_NAMES = ["left atrium"]
@@ -106,32 +105,28 @@ def case_files(root: Path) -> dict[str, Path]:
 
 def check_la_h5(path: Path) -> tuple[int, int, int]:
     """The H,W,D shape of a UA-MT file after checking its datasets, without reading the voxels."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; every LA case folder needs {CASE_FILE}")
-    try:
-        with h5py.File(path, "r") as h5:
-            missing = [key for key in ("image", "label") if key not in h5]
-            if missing:
-                raise DataError(f"{path}: missing dataset(s) {missing}; found {list(h5.keys())}, "
-                                "expected 'image' and 'label'")
-            shapes = {key: tuple(h5[key].shape) for key in ("image", "label")}
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable or truncated HDF5 file ({exc})") from None
-    if len(shapes["image"]) != 3:
-        raise DataError(f"{path}: expected a 3D H,W,D 'image', got shape {shapes['image']}")
-    if shapes["image"] != shapes["label"]:
-        raise DataError(f"{path}: 'image' has shape {shapes['image']} but 'label' has {shapes['label']}; "
-                        "they must match voxel for voxel")
-    return shapes["image"]
+    image, label = h5_datasets(_existing_case_file(path), take=lambda d: tuple(d.shape))
+    return _checked_shape(path, image, label)
 
 
 def read_la_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(image float32, label) as D,H,W from a UA-MT H,W,D file."""
-    check_la_h5(path)
-    try:
-        with h5py.File(path, "r") as h5:
-            image, label = np.asarray(h5["image"][()], dtype=np.float32), np.asarray(h5["label"][()])
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable or truncated HDF5 file ({exc})") from None
-    check_same_shape(image, label, f"{path}:image", f"{path}:label")
+    image, label = h5_datasets(_existing_case_file(path))
+    image, label = np.asarray(image, dtype=np.float32), np.asarray(label)
+    _checked_shape(path, image.shape, label.shape)
     return np.ascontiguousarray(np.moveaxis(image, 2, 0)), np.ascontiguousarray(np.moveaxis(label, 2, 0))
+
+
+def _existing_case_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; every LA case folder needs {CASE_FILE}")
+    return path
+
+
+def _checked_shape(path: Path, image: tuple[int, ...], label: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(image) != 3:
+        raise DataError(f"{path}: expected a 3D H,W,D 'image', got shape {image}")
+    if image != label:
+        raise DataError(f"{path}: 'image' has shape {image} but 'label' has {label}; "
+                        "they must match voxel for voxel")
+    return image
