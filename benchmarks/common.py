@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from samora_kit.plugins import default_registry  # noqa: E402
 from samora_kit.recipe import load_recipe  # noqa: E402
 from samora_kit.train.model import build_model  # noqa: E402
+from samora_kit.weights.io import atomic_write_text  # noqa: E402
 
 
-def model_from_recipe(recipe_path: Path, overrides: list[str], num_classes: int, device: torch.device):
+def model_from_recipe(recipe_path: Path, overrides: list[str], num_classes: int, device: torch.device,
+                      full_rank_logits: bool = False):
     """The recipe's model with random weights: checkpoints named in the recipe are not read."""
+    if full_rank_logits:
+        from samora_kit_plugins.sam import experts
+
+        experts.LOW_RANK_LOGITS = False
     registry = default_registry()
     recipe = load_recipe(recipe_path, registry, overrides)
     recipe.backbone.checkpoint = None
@@ -49,6 +58,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                    help="a recipe override (key.path=value, as for samora-kit run); repeatable")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--num-classes", type=int, default=8)
+    p.add_argument("--full-rank-logits", action="store_true",
+                   help="SAM expert variants: compute every variant's attention logits in full instead of as "
+                        "rank-r corrections of the frozen logits (to measure what the corrections save)")
     return p
 
 
@@ -71,3 +83,25 @@ def measure_each(script: str, recipes: list[Path]) -> None:
     for recipe, row in zip(recipes[1:], rows[1:]):
         ratios = ", ".join(f"{row[k] / rows[0][k]:.2f}x {k}" for k in rows[0] if rows[0][k])
         print(f"{recipe} / {recipes[0]}: {ratios}")
+
+
+def write_doc_block(path: Path, block: str, text: str) -> None:
+    """Put `text` between <!-- block:start --> and <!-- block:end --> in `path` (appended when absent)."""
+    doc = path.read_text()
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    doc = doc[:doc.index(start)] + f"{start}\n{text}\n{end}" + doc[doc.index(end) + len(end):] \
+        if start in doc else doc.rstrip() + f"\n\n{start}\n{text}\n{end}\n"
+    atomic_write_text(path, doc)
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t(0.975, df)
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of the per-draw differences a - b and its 95 % t-interval (nan bounds for one draw)."""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return mean, math.nan, math.nan
+    half = T_975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half

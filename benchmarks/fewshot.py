@@ -1,17 +1,21 @@
-"""Few-shot benchmark on real held-out subjects: SAMed vs SAMora, H-SAM vs H-SAMora, SAMed-2 vs
-SAMora-2, each pair on the same self-pre-trained base encoder, labels, augmentation and evaluation;
-the SAMora arms fine-tune for 10 % of their baseline's epochs (the recipes say so).
+"""Few-shot benchmark on real held-out subjects: SAMed vs SAMora with the controls that could show the
+experts do nothing (the frozen encoder with only the decoder trained, at SAMed's and at SAMora's epochs),
+H-SAM vs H-SAMora, SAMed-2 vs SAMora-2; each arm on the same self-pre-trained base encoder, labels,
+augmentation and evaluation. The SAMora arms fine-tune for 10 % of their baseline's epochs.
 
-    python benchmarks/fewshot.py --ablations 3                    # k = 1, 3, 5 x 5 draws, all six arms
-    python benchmarks/fewshot.py --arms samed samora              # one pair only
+    python benchmarks/fewshot.py --ablations 3                  # k = 1, 3, 5 x 5 draws, the default arms
+    python benchmarks/fewshot.py --arms samed2 samora2 --ks 3 --docs-block fewshot-hosts
     python benchmarks/fewshot.py --dataset acdc --arms samed samora --docs-block fewshot-acdc   # the secondary
     python benchmarks/fewshot.py --ks 1 --draws 1 --test-count 4 --epochs-scale 0.05   # a smoke run
 
+Pairing: every arm of one draw uses the same support subjects and run.seed = 1234 + draw, and the decoder
+is initialised from its own seed (samora_kit.train.model.build_model), so within a draw the arms start
+from the same decoder weights; comparisons are per-draw differences, mean and 95 % t-interval.
+
 Every run is `samora-kit run` of recipes/fewshot/* with overrides, in runs/fewshot/<arm>-k<k>-d<draw>;
 finished runs are reused. The base encoders (recipes/base_pretrain*.toml) and the stage-1 experts are
-trained once, first, in full whatever --epochs-scale says, and timed apart from the arms. The table
-(mean ± std over draws of the per-subject means) is printed and written between the fewshot markers
-of docs/benchmarks.md, with the command line that produced it.
+trained once, first, in full whatever --epochs-scale says, and timed apart from the arms. The tables are
+printed and written between the markers of docs/benchmarks.md, with the command line that produced them.
 """
 
 from __future__ import annotations
@@ -25,18 +29,32 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, paired_difference, write_doc_block
 
-from samora_kit.plugins import default_registry  # noqa: E402
-from samora_kit.recipe import load_recipe  # noqa: E402
-from samora_kit.runner import run, run_dir_of  # noqa: E402
+from samora_kit.plugins import default_registry
+from samora_kit.recipe import load_recipe
+from samora_kit.runner import run, run_dir_of
 
-ARM_NAMES = ("samed", "samora", "h_sam", "h_samora", "samed2", "samora2")
-DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<arm>.toml; ACDC has the samed/samora pair
+DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
+DECODER_ONLY = ["backbone.lora.blocks=[]"]  # no LoRA, no experts: the frozen base, only the decoder trains
+ARMS = {  # name -> (recipe arm, overrides)
+    "samed": ("samed", []),
+    "samora": ("samora", []),
+    "decoder_only": ("samed", DECODER_ONLY),
+    "decoder_only_short": ("samed", [*DECODER_ONLY, "train.epochs=10"]),  # at SAMora's epochs
+    "h_sam": ("h_sam", []),
+    "h_samora": ("h_samora", []),
+    "samed2": ("samed2", []),
+    "samora2": ("samora2", []),
+}
+LABELS = {"decoder_only": "decoder only", "decoder_only_short": "decoder only, SAMora's epochs"}
+DEFAULT_ARMS = ["samed", "samora", "decoder_only", "decoder_only_short"]
+COMPARISONS = [  # (arm, against): reported when both ran
+    ("samora", "samed"), ("samora", "decoder_only_short"), ("samed", "decoder_only"),
+    ("h_samora", "h_sam"), ("samora2", "samed2")]
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
-ABLATIONS = {  # label -> (arm, overrides): Table 4 and 5 at one k, then the schedule diagnostics
+ABLATIONS = {  # label -> (recipe arm, overrides): Table 4 and 5 at one k
     "samora fuser sum": ("samora", ['fuser={ name = "sum" }']),
     "samora fuser lac": ("samora", ['fuser={ name = "lac" }']),
     "samora fuser mole": ("samora", ['fuser={ name = "mole" }']),
@@ -46,19 +64,13 @@ ABLATIONS = {  # label -> (arm, overrides): Table 4 and 5 at one k, then the sch
     "samora image expert only": ("samora", ['backbone.experts.names=["image"]', 'fuser={ name = "sum" }']),
     "samora patch expert only": ("samora", ['backbone.experts.names=["patch"]', 'fuser={ name = "sum" }']),
     "samora pixel expert only": ("samora", ['backbone.experts.names=["pixel"]', 'fuser={ name = "sum" }']),
-    # is it the experts or the schedule? each arm on the other's epochs, and SAMora without warm-up
-    "samora at samed's epochs": ("samora", ["train.epochs=100"]),
-    "samora no warm-up": ("samora", ["train.warmup_iters=0"]),
-    "samed at samora's epochs": ("samed", ["train.epochs=10"]),
-    # what the frozen self-pre-trained base gives on its own: no LoRA, no experts, only the decoder trains
-    "decoder only, encoder frozen": ("samed", ["backbone.lora.blocks=[]"]),
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="hippocampus")
-    p.add_argument("--arms", nargs="+", choices=ARM_NAMES, default=list(ARM_NAMES))
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
@@ -72,28 +84,44 @@ def main() -> None:
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
     suffix = "" if args.dataset == "hippocampus" else f"-{args.dataset}"
     args.runs = args.runs or REPO / "runs" / f"fewshot{suffix}"
-    arms = {arm: f"recipes/fewshot/{args.dataset}_{arm}.toml" for arm in args.arms}
-    missing = [path for path in arms.values() if not (REPO / path).is_file()]
+    missing = sorted({_recipe(args.dataset, ARMS[arm][0]) for arm in args.arms} - set(_available(args.dataset)))
     if missing:
-        sys.exit(f"no recipe {', '.join(missing)}: --arms for {args.dataset} are "
-                 f"{[a for a in ARM_NAMES if (REPO / f'recipes/fewshot/{args.dataset}_{a}.toml').is_file()]}")
+        sys.exit(f"no recipe {', '.join(missing)}: --arms for {args.dataset} use recipes "
+                 f"{', '.join(_available(args.dataset))}")
 
-    one_off = _one_off_stages(list(arms.values()))
+    one_off = _one_off_stages([_recipe(args.dataset, ARMS[arm][0]) for arm in args.arms])
     results: dict[tuple[str, int], list[dict]] = {}
     for k in args.ks:
         for draw in range(args.draws):
             for arm in args.arms:
-                results.setdefault((arm, k), []).append(_run_arm(arms[arm], arm, k, draw, [], args))
+                recipe_arm, extra = ARMS[arm]
+                results.setdefault((arm, k), []).append(
+                    _run_arm(_recipe(args.dataset, recipe_arm), arm, k, draw, extra, args))
     if args.ablations:
-        for label, (arm, extra) in ABLATIONS.items():
+        for label, (recipe_arm, extra) in ABLATIONS.items():
             folder = label.replace(" ", "_").replace("'", "").replace(",", "")
             for draw in range(args.ablation_draws or args.draws):
                 results.setdefault((label, args.ablations), []).append(
-                    _run_arm(f"recipes/fewshot/{args.dataset}_{arm}.toml", folder, args.ablations, draw, extra, args))
-    table = _markdown(results, command, args) + "\n" + _one_off_table(one_off)
+                    _run_arm(_recipe(args.dataset, recipe_arm), folder, args.ablations, draw, extra, args))
+    table = "\n".join([_markdown(results, command, args), _comparisons(results), _one_off_table(one_off)])
     print(table)
     if not args.no_docs:
-        _write_docs(table, args.docs_block)
+        write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, table)
+
+
+def _recipe(dataset: str, recipe_arm: str) -> str:
+    return f"recipes/fewshot/{dataset}_{recipe_arm}.toml"
+
+
+def _available(dataset: str) -> list[str]:
+    return sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes" / "fewshot").glob(f"{dataset}_*.toml")
+                  if "pretrain" not in p.name)
+
+
+def arm_overrides(arm_extra: list[str], k: int, draw: int, out: Path) -> list[str]:
+    """The overrides that make one run of an arm: its support draw, its folder, the draw's seed."""
+    return [f"data.train.key=support_sets.k{k}.{draw}", f"run.output_dir={out}", f"run.seed={1234 + draw}",
+            *arm_extra]
 
 
 def _one_off_stages(arm_recipes: list[str]) -> dict[str, str]:
@@ -101,7 +129,7 @@ def _one_off_stages(arm_recipes: list[str]) -> dict[str, str]:
     Returns stage recipe -> its wall seconds as text ("reused" when it was finished before timing)."""
     registry = default_registry()
     stages: list[str] = []
-    for path in arm_recipes:
+    for path in dict.fromkeys(arm_recipes):
         recipe = load_recipe(REPO / path, registry)
         stages.append(BASES[recipe.backbone.name])
         if recipe.pretrain is not None:
@@ -126,8 +154,7 @@ def _finished(recipe, folder: Path) -> bool:
 
 def _run_arm(recipe: str, arm: str, k: int, draw: int, extra: list[str], args) -> dict:
     out = args.runs / f"{arm}-k{k}-d{draw}"
-    overrides = [f"data.train.key=support_sets.k{k}.{draw}", f"run.output_dir={out}", *extra,
-                 *_scaled(recipe, extra, args.epochs_scale)]
+    overrides = [*arm_overrides(extra, k, draw, out), *_scaled(recipe, extra, args.epochs_scale)]
     if args.test_count:
         overrides.append(f"data.test.count={args.test_count}")
     timing = out / TIMING
@@ -153,6 +180,11 @@ def _timed(recipe: Path, overrides: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def _misses(runs: list[dict], policy: str = "transunet") -> int:
+    """Test volumes x classes predicted empty (where the truth is not) over the runs of a row."""
+    return sum(c["misses"] for r in runs for c in r["summary"][policy]["classes"].values())
+
+
 def _markdown(results: dict, command: str, args) -> str:
     first = next(iter(results.values()))[0]["summary"]
     classes = list(first["transunet"]["classes"])
@@ -160,20 +192,44 @@ def _markdown(results: dict, command: str, args) -> str:
     lines = [f"Command: `{command}` (from the repository root; `{runs}/` holds every run).", ""]
     for policy, unit in (("transunet", "vox"), ("strict", "mm")):
         lines += [f"**{policy} policy** — Dice % and HD95 {unit}, mean ± std over draws "
-                  f"(each draw: the mean over its test subjects)", ""]
+                  "(each draw: the mean over its test subjects). ⚠ n: the row's runs predicted n test "
+                  "structures empty" + (" (each scores HD95 = 0 here, the best value, so the row's HD95 "
+                                        "looks too good)" if policy == "transunet" else ""), ""]
         header = ["model", "k", "draws"] + [f"{c} Dice" for c in classes] + ["mean Dice", "mean HD95",
-                                                                               "wall s/run"]
+                                                                               "empty", "wall s/run"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for (arm, k), runs in results.items():
-            cells = [arm, str(k), str(len(runs))]
+        for (arm, k), runs_ in results.items():
+            cells = [LABELS.get(arm, arm), str(k), str(len(runs_))]
             for c in classes:
-                cells.append(_pm([r["summary"][policy]["classes"][c]["dice_mean"] for r in runs], 100))
-            cells.append(_pm([r["summary"][policy]["mean"]["dice"] for r in runs], 100))
-            cells.append(_pm([r["summary"][policy]["mean"]["hd95"] for r in runs], 1))
-            cells.append(f"{statistics.fmean(r['seconds'] for r in runs):.0f}")
+                cells.append(_pm([r["summary"][policy]["classes"][c]["dice_mean"] for r in runs_], 100))
+            cells.append(_pm([r["summary"][policy]["mean"]["dice"] for r in runs_], 100))
+            cells.append(_pm([r["summary"][policy]["mean"]["hd95"] for r in runs_], 1))
+            misses = _misses(runs_, policy)
+            cells.append(f"⚠ {misses}" if misses else "0")
+            cells.append(f"{statistics.fmean(r['seconds'] for r in runs_):.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _comparisons(results: dict) -> str:
+    lines = ["**Paired comparisons** (transunet policy): per draw, arm minus baseline on the same support "
+             "subjects and decoder initialisation; mean over draws with its 95 % t-interval. An interval "
+             "that holds 0 shows no difference at this number of draws.", "",
+             "| comparison | k | draws | Δ mean Dice % [95 % CI] | Δ mean HD95 vox [95 % CI] |", "|---|---|---|---|---|"]
+    for arm, against in COMPARISONS:
+        for (name, k), runs in results.items():
+            if name != arm or (against, k) not in results:
+                continue
+            base = results[(against, k)]
+            n = min(len(runs), len(base))
+            cells = []
+            for metric, scale in (("dice", 100), ("hd95", 1)):
+                mean, low, high = paired_difference([r["summary"]["transunet"]["mean"][metric] * scale for r in runs[:n]],
+                                                    [r["summary"]["transunet"]["mean"][metric] * scale for r in base[:n]])
+                cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+            lines.append(f"| {LABELS.get(arm, arm)} − {LABELS.get(against, against)} | {k} | {n} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
 
 
 def _one_off_table(seconds: dict[str, str]) -> str:
@@ -191,15 +247,6 @@ def _pm(values: list, scale: float) -> str:
         return "n/a"
     spread = statistics.pstdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
-
-
-def _write_docs(table: str, block: str) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text()
-    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
-    text = text[:text.index(start)] + f"{start}\n{table}\n{end}" + text[text.index(end) + len(end):] \
-        if start in text else text.rstrip() + f"\n\n{start}\n{table}\n{end}\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def main() -> None:
     args.recipe = args.recipes[0]
 
     device = torch.device(args.device)
-    recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device)
+    recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device,
+                                      args.full_rank_logits)
     shape = tuple(int(n) for n in args.volume.split(","))
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
     batch = args.batch or recipe.eval.batch_size

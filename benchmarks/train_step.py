@@ -29,7 +29,8 @@ def main() -> None:
     args.recipe = args.recipes[0]
 
     device = torch.device(args.device)
-    recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device)
+    recipe, model = model_from_recipe(args.recipe, args.overrides, args.num_classes, device,
+                                      args.full_rank_logits)
     batch = args.batch or recipe.train.batch_size
     size = model.image_size
     images = torch.rand(batch, 3, size, size, device=device)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import RecipeError, SamoraError
+from .errors import DataError, RecipeError, SamoraError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--policy", choices=["transunet", "strict"], default="transunet")
     cmp.set_defaults(func=_compare)
 
-    ex = sub.add_parser("explain", help="encoder heat maps (Grad-CAM) of one test case, runs side by side")
+    ex = sub.add_parser("explain", help="encoder heat maps (Grad-CAM) of one test case, runs side by side, and "
+                        "the runs' logged diagnostics over training (OUTPUT-diagnostics.png)")
     ex.add_argument("runs", type=Path, nargs="+")
     ex.add_argument("--case", required=True, help="a test case id of the runs' data set")
     ex.add_argument("--output", type=Path, required=True, help="the PNG to write")
@@ -122,11 +123,25 @@ def _run(args, console):
 def _validate(args, console):
     from .plugins import default_plugins
     from .recipe import dump_recipe, load_recipe
+    from .train.plan import planned_runs
 
-    recipe = load_recipe(args.recipe, default_plugins().registry, args.overrides)
+    registry = default_plugins().registry
+    recipe = load_recipe(args.recipe, registry, args.overrides)
+    try:
+        runs = planned_runs(recipe, registry)
+    except DataError as exc:  # the data is not here (yet): `run` checks the length when it reads it
+        runs = None
+        unchecked = str(exc)
+    except SamoraError as exc:  # a batch larger than the data, a warm-up that outlasts the run
+        raise RecipeError(str(args.recipe), [str(exc)]) from None
     console.print(f"[green]{escape(str(args.recipe))}: valid[/]; resolved recipe:", soft_wrap=True)
     # soft_wrap: folding long lines at the console width would turn the dump into invalid TOML
     console.print(dump_recipe(recipe), markup=False, highlight=False, emoji=False, soft_wrap=True)
+    if runs is None:
+        console.print(f"# run length not checked, the training data could not be read: {unchecked}",
+                      markup=False, highlight=False, soft_wrap=True)
+    for what, length in runs or []:
+        console.print(f"# {what}: {length.describe()}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _plugins(args, console):
@@ -202,10 +217,14 @@ def _compare(args, console):
 def _explain(args, console):
     import numpy as np
 
-    from .eval.explain import encoder_heatmap, save_heatmaps
+    from .eval.explain import encoder_heatmap, read_diagnostics, save_diagnostics_plot, save_heatmaps
     from .runner import load_run
 
     maps, image = {}, None
+    diagnostics = {run_dir.name: read_diagnostics(run_dir / "metrics.jsonl") for run_dir in args.runs}
+    if any(diagnostics.values()):  # e.g. the fused term's size per block over training
+        path = args.output.with_name(f"{args.output.stem}-diagnostics.png")
+        console.print(f"wrote {escape(str(save_diagnostics_plot(diagnostics, path)))}")
     for run_dir in args.runs:
         _, adapter, model = load_run(run_dir)
         volume = adapter.load_case(args.case)

@@ -92,6 +92,27 @@ class Fuser(Protocol):
 
 
 @runtime_checkable
+class ParameterGroups(Protocol):
+    """A module (anywhere in what trains) some of whose trainable parameters take their own learning
+    rate: group "fuser" trains at `train.fuser_lr`, group "lora" at `train.lora_lr`; every other
+    trainable parameter at `train.lr`."""
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]: ...
+
+
+@runtime_checkable
+class Diagnostics(Protocol):
+    """A module that measures itself during a forward on logging steps (every `train.log_every`
+    steps the loop enables recording, runs the step, and writes `diagnostics()` to metrics.jsonl)."""
+
+    def record_diagnostics(self, enabled: bool) -> None: ...
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """Scalar tensors by metric name, from the last recorded forward."""
+        ...
+
+
+@runtime_checkable
 class DatasetAdapter(Protocol):
     """Reads one on-disk layout into Volumes with intensities in [0, 1]."""
 

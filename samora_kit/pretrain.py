@@ -35,7 +35,7 @@ def pretrain_experts(recipe, registry, run_dir: Path, ctx: DistContext, resume: 
     """Train (or reuse) the experts of a stage-1 recipe (all, or those named in `only`);
     returns {expert name: pack path}."""
     console = console or Console()
-    adapter = _unlabelled_source(recipe, registry)
+    adapter = unlabelled_source(recipe, registry)
     data_id = fingerprint(recipe.data, adapter.cases("train"))
     packs: dict[str, Path] = {}
     for entry in [e for e in recipe.experts if only is None or e.name in only]:
@@ -99,7 +99,7 @@ def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: boo
     save it in the backbone's official key layout (SAM's or SAM2's); its header says it is
     self-pre-trained, never SAM."""
     console = console or Console()
-    adapter = _unlabelled_source(recipe, registry)
+    adapter = unlabelled_source(recipe, registry)
     backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone)
     if not hasattr(backbone, "encoder_state_in_official_layout"):
         raise SamoraError(f"backbone.name = {recipe.backbone.name!r} cannot export a base encoder")
@@ -127,7 +127,7 @@ def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: boo
     return path
 
 
-def _unlabelled_source(recipe, registry):
+def unlabelled_source(recipe, registry):
     adapter = registry.get("dataset", recipe.data.name).build(recipe.data)
     if not hasattr(adapter, "slice_dataset"):
         raise SamoraError(f"data.name = {recipe.data.name!r} gives labelled volumes; self-supervised "

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .data.slices import AugmentConfig
 from .errors import RecipeError
 from .registry import Registry, did_you_mean
+from .train.schedule import DEFAULT_WARMUP
 
 # recipe key -> registry kind of the component it names
 COMPONENT_KEYS = {"backbone": "backbone", "decoder": "decoder", "data": "dataset", "fuser": "fuser",
@@ -44,10 +45,12 @@ class PluginsSection(Strict):
 class TrainSection(Strict):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(12, ge=1)  # global batch, split across ranks
-    lr: float = Field(0.005, gt=0)
+    lr: float = Field(0.005, gt=0)  # the decoder's (stage 1: the pretext head's) and any part without its own below
+    fuser_lr: float | None = Field(None, gt=0)  # stage-2 fusers; None: FUSER_LR_FACTOR x lr (docs/decisions.md)
+    lora_lr: float | None = Field(None, gt=0)  # a trainable LoRA (SAMed, stage-1 experts); None: lr
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_iters: int = Field(250, ge=0)
+    warmup: int | float = DEFAULT_WARMUP  # an integer: optimizer steps; a float in [0, 1): a fraction of the run
     poly_power: float = Field(0.9, gt=0)
     ce_weight: float = Field(0.2, ge=0)
     dice_weight: float = Field(0.8, ge=0)
@@ -58,6 +61,18 @@ class TrainSection(Strict):
     foreground_only: bool = False  # train only on slices that contain a label
     num_workers: int = Field(0, ge=0)  # data-loading processes per rank
     augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("warmup")
+    @classmethod
+    def _steps_or_fraction(cls, warmup: int | float) -> int | float:
+        if isinstance(warmup, bool):
+            raise ValueError("expected a number of steps (an integer) or a fraction of the run (a float in [0, 1))")
+        if isinstance(warmup, int) and warmup < 0:
+            raise ValueError(f"{warmup} warm-up steps: the number of steps must be 0 or more")
+        if isinstance(warmup, float) and not 0.0 <= warmup < 1.0:
+            raise ValueError(f"{warmup} as a fraction of the run must be in [0, 1); give whole steps as an "
+                             "integer (warmup = 250) or a fraction (warmup = 0.1)")
+        return warmup
 
 
 class EvalSection(Strict):

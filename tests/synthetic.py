@@ -40,7 +40,7 @@ def write_decathlon(root: Path, n_cases: int = 5, shape=(24, 24, 8), seed: int =
 def tiny_recipe(data_root: Path, run_dir: Path, train_cases: list[str], test_cases: list[str],
                 **train) -> str:
     """A recipe for the tiny SAM on a synthetic Decathlon folder; `train` overrides [train]."""
-    train = {"epochs": 2, "batch_size": 4, "lr": 0.005, "warmup_iters": 2, "checkpoint_every": 2,
+    train = {"epochs": 2, "batch_size": 4, "lr": 0.005, "warmup": 0.25, "checkpoint_every": 2,
              "log_every": 1, **train}
     train_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in train.items())
     return f"""
@@ -96,7 +96,7 @@ subdir = "imagesTr"
 epochs = 1
 batch_size = 4
 max_steps = {max_steps}
-warmup_iters = 1
+warmup = 0.25
 lr = 0.001
 log_every = 1
 {tail}"""

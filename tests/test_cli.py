@@ -84,7 +84,7 @@ def _resolved(stdout: str) -> dict:
 
 def test_validate_reports_every_mistake_at_once_with_key_paths_and_hints(recipe):
     _edit(recipe,
-          ("warmup_iters = 2", "warmup_iter = 2"),           # unknown key, a near miss of warmup_iters
+          ("warmup = 0.25", "warmup_steps = 0.25"),         # unknown key, a near miss of warmup
           ("epochs = 2", 'epochs = "many"'),                  # wrong type
           ('name = "samed"', 'name = "samd"'),               # unknown component name
           ("image_size = 64", "image_size = 64\n\n[backbone.lora]\nrnak = 8"))  # unknown nested key
@@ -94,7 +94,7 @@ def test_validate_reports_every_mistake_at_once_with_key_paths_and_hints(recipe)
     err = _one_line(result.stderr)
     assert str(recipe) in err
     assert "4 problem(s)" in err
-    assert "train.warmup_iter = 2: unknown key (did you mean 'warmup_iters'?)" in err
+    assert "train.warmup_steps = 0.25: unknown key (did you mean 'warmup'?)" in err
     assert "train.epochs = 'many':" in err and "integer" in err
     assert "decoder.name = 'samd': no decoder of that name (did you mean 'samed'?)" in err
     assert "backbone.lora.rnak = 8: unknown key (did you mean 'rank'?)" in err

@@ -60,7 +60,7 @@ test = {{ split_file = "split.json", key = "test", count = {n_test} }}
 epochs = {epochs}
 batch_size = 4
 lr = 0.005
-warmup_iters = 4
+warmup = 4
 foreground_only = true
 checkpoint_every = 50
 log_every = 10

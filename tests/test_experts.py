@@ -21,15 +21,19 @@ ATOL = 1e-5
 # --- fusers written for these tests (the real ones live in plugins/fusion) -----------------------------
 
 class SumFuser(nn.Module):
+    """Sums the deltas it is given (after the projection: it has no fold_projection)."""
+
     merges_lora = False
 
     def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
         super().__init__()
         self.dim, self.num_heads = dim, num_heads
         self.shapes: list[tuple[int, ...]] = []
+        self.valid: list[torch.Tensor | None] = []
 
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         self.shapes.append(tuple(deltas.shape))
+        self.valid.append(valid)
         return deltas.sum(0)
 
 
@@ -44,7 +48,7 @@ class ZeroProjFuser(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return self.proj(deltas.sum(0))
 
 
@@ -59,8 +63,39 @@ class MergeFuser(nn.Module):
     def mixing_weights(self) -> torch.Tensor:
         return self.weights
 
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         raise AssertionError("a merging fuser is never called on deltas")
+
+
+class Unfolded(nn.Module):
+    """Hides a fuser's fold_projection: the block then projects every variant and hands it D_i."""
+
+    merges_lora = False
+
+    def __init__(self, fuser: nn.Module) -> None:
+        super().__init__()
+        self.inner = fuser
+
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner(deltas, valid=valid)
+
+
+def registry_fuser(name: str, wrap=None, seed: int = 0):
+    """A fuser factory for registry fuser `name` (tiny example config) whose parameters are all random
+    (gates open), the same sequence on every call of this function; `wrap` wraps each fuser."""
+    from samora_kit.plugins import load_plugins
+
+    spec = load_plugins().registry.get("fuser", name)
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(dim: int, num_heads: int, expert_names: list[str]) -> nn.Module:
+        fuser = spec.build(spec.example, dim=dim, num_heads=num_heads, expert_names=expert_names)
+        with torch.no_grad():
+            for p in fuser.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        return wrap(fuser) if wrap else fuser
+
+    return make
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -172,8 +207,29 @@ def test_fuser_sees_windows_in_windowed_blocks_and_all_tokens_in_global_blocks(s
     assert sorted(fusers) == [0, 1, 2, 3]
     for windowed in (0, 2):
         assert fusers[windowed].shapes == [(3, 2 * 4, 49, 96)]
+        (valid,) = fusers[windowed].valid  # 10 x 10 real tokens of each image in 4 windows of 7 x 7
+        assert valid.shape == (8, 49) and valid.sum() == 2 * 100
+        assert valid.view(2, 2, 2, 7, 7)[:, 0, 0].all() and not valid.view(2, 2, 2, 7, 7)[:, 1, 1, 3:].any()
     for global_block in (1, 3):
         assert fusers[global_block].shapes == [(3, 2, 100, 96)]
+        assert fusers[global_block].valid == [None]
+
+
+@pytest.mark.parametrize("name", ["hl_attn", "sum", "lac", "mole"])
+@pytest.mark.parametrize("image_size", [64, 160])  # padded windows; 160: four windows per image
+def test_folded_projection_equals_projecting_every_expert(name, image_size):
+    """P folded into the fuser (P once per block) == every variant projected and D_i = P(a_i) - P(a_0)."""
+    folded = stage2(registry_fuser(name), image_size)
+    unfolded = stage2(registry_fuser(name, wrap=Unfolded), image_size)
+    assert all(b.fusion.folded for b in folded.encoder.blocks)
+    assert not any(b.fusion.folded for b in unfolded.encoder.blocks)
+    for expert, tensors in randomise_experts(folded).items():
+        unfolded.load_expert(expert, tensors)
+    images = torch.rand(2, 3, image_size, image_size)
+    with torch.no_grad():
+        out, reference = folded(images), unfolded(images)
+        assert (reference - frozen_copy(folded)(images)).abs().max() > 1e-2  # the fused experts matter
+    assert torch.allclose(out, reference, atol=1e-4), (out - reference).abs().max()
 
 
 @pytest.mark.parametrize("scope", ["attention", "block"])
@@ -358,7 +414,8 @@ class Fixed(nn.Module):
 def test_variants_attention_equals_sam_attention_per_variant(targets, window):
     """The batched K+1-variant attention (shared k/v not copied, relative positions folded into
     the q.k matmul) equals SAM's own Attention run once per variant, values and gradients."""
-    from samora_kit_plugins.sam.experts import ExpertsQKV, variants_attention
+    from samora_kit_plugins.sam.experts import ExpertsQKV
+    from samora_kit_plugins.sam.variant_attention import low_rank_variants_attention, variants_attention
     from segment_anything.modeling.image_encoder import Block
 
     torch.manual_seed(0)
@@ -372,7 +429,7 @@ def test_variants_attention_equals_sam_attention_per_variant(targets, window):
         qkv.expert_b.normal_(0, 0.3)
     x = torch.randn(3, 4, 4, 32, requires_grad=True)
     q, k, v = qkv.variants(x, shared=True)
-    out = variants_attention(attn, *(t.reshape(t.shape[0], 3, 16, 32) for t in (q, k, v)), (4, 4))
+    out = attn.proj(variants_attention(attn, *(t.reshape(t.shape[0], 3, 16, 32) for t in (q, k, v)), (4, 4)))
     qe, ke, ve = qkv.variants(x)
     base = attn.qkv
     try:
@@ -383,9 +440,15 @@ def test_variants_attention_equals_sam_attention_per_variant(targets, window):
     finally:
         attn.qkv = base
     reference = torch.stack(refs)
-    assert out.shape == reference.shape
-    assert torch.allclose(out, reference, atol=ATOL), (out - reference).abs().max()
+    outputs = [out]
+    if qkv.low_rank_q:  # q changed by rank-r terms, k frozen: the logits as corrections of the frozen ones
+        q0, u, b, k, v = qkv.factored_variants(x.reshape(3, 16, 32))
+        outputs.append(attn.proj(low_rank_variants_attention(attn, q0, u, b, k, v, (4, 4))))
     weight = torch.randn_like(out)
-    (grad,) = torch.autograd.grad((out * weight).sum(), x)
-    (grad_ref,) = torch.autograd.grad((reference * weight).sum(), x)
-    assert torch.allclose(grad, grad_ref, atol=1e-4), (grad - grad_ref).abs().max()
+    (grad_ref,) = torch.autograd.grad((reference * weight).sum(), x, retain_graph=True)
+    for out in outputs:
+        assert out.shape == reference.shape
+        assert torch.allclose(out, reference, atol=ATOL), (out - reference).abs().max()
+        (grad,) = torch.autograd.grad((out * weight).sum(), x, retain_graph=True)
+        assert torch.allclose(grad, grad_ref, atol=1e-4), (grad - grad_ref).abs().max()
+    assert len(outputs) == 1 + qkv.low_rank_q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from torch import nn
@@ -33,12 +35,11 @@ def hl_attn(order=None, dim: int = DIM, names=NAMES, **config) -> HLAttn:
 
 
 def wake_up(fuser: nn.Module) -> nn.Module:
-    """Give zero-initialised output layers random values (what training does)."""
+    """Give zero-initialised gates random values (what training does)."""
     torch.manual_seed(1)
     with torch.no_grad():
         if isinstance(fuser, HLAttn):
-            nn.init.normal_(fuser.up.weight, std=0.05)
-            nn.init.normal_(fuser.up.bias, std=0.05)
+            nn.init.normal_(fuser.gate, std=0.5)
         elif hasattr(fuser, "gate"):
             nn.init.normal_(fuser.gate.weight, std=0.5)
     return fuser
@@ -127,16 +128,69 @@ def test_mole_gate_is_per_token_and_sums_to_one():
     assert torch.allclose(mole(d), 3 * (g.movedim(-1, 0)[..., None] * d).sum(0), atol=1e-5)
 
 
-def test_hl_attn_is_zero_at_init():
+def test_hl_attn_is_zero_at_init_and_its_gate_learns_first():
     fuser = build("hl_attn", {})
-    out = fuser(deltas(l=16))
+    d = deltas(l=16)
+    out = fuser(d)
     assert out.shape == (4, 16, DIM) and torch.equal(out, torch.zeros_like(out))
+    (out * torch.randn_like(out)).sum().backward()
+    assert fuser.gate.grad.abs().sum() > 0  # the zero gate gets a gradient at once; nothing behind it yet
+    assert all(p.grad.abs().sum() == 0 for n, p in fuser.named_parameters() if n != "gate")
+
+
+def test_hl_attn_passes_the_experts_scale_through():
+    """No norm before the fusion width: an expert ten times weaker contributes ten times less
+    (with the biases at zero the fuser is then homogeneous: the LayerNorms only shape the attention)."""
+    fuser = wake_up(hl_attn(width=32, heads=4))
+    with torch.no_grad():
+        for name, p in fuser.named_parameters():
+            if name.endswith("bias") and "norm" not in name:
+                p.zero_()
+        d = deltas()
+        assert torch.allclose(fuser(0.1 * d), 0.1 * fuser(d), rtol=1e-3, atol=1e-4)
+        weak = d.clone()
+        weak[NAMES.index("image")] *= 0.01
+        assert not torch.allclose(fuser(weak), fuser(d), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", [n for n in FUSERS if not build(n).merges_lora])
+def test_folding_the_projection_keeps_every_fuser_exact(name):
+    """D_i = W d_i for the frozen projection W: the folded fuser fed d equals the unfolded one fed
+    W d (projected with W too when its output is still before the projection)."""
+    fuser = wake_up(build(name))
+    weight = torch.randn(DIM, DIM) / DIM**0.5
+    folded = wake_up(build(name))
+    folded.load_state_dict(fuser.state_dict())
+    folded.fold_projection(weight)
+    d = deltas()
+    with torch.no_grad():
+        unfolded_out = fuser(torch.einsum("oc,knlc->knlo", weight, d))
+        folded_out = folded(d)
+        if folded.output_before_projection:
+            folded_out = folded_out @ weight.t()
+    assert torch.allclose(folded_out, unfolded_out, atol=1e-5), (folded_out - unfolded_out).abs().max()
+    with pytest.raises(SamoraError, match="already holds a folded projection") if name in ("hl_attn", "mole") \
+            else nullcontext():
+        folded.fold_projection(weight)
+
+
+def test_padded_window_tokens_never_reach_real_ones():
+    fuser = wake_up(hl_attn(width=32, heads=4))
+    d = deltas(n=3, l=16)
+    valid = torch.ones(3, 16, dtype=torch.bool)
+    valid[1:, 10:] = False  # windows 1 and 2 end in padding
+    out = fuser(d, valid=valid)
+    changed = d.clone()
+    changed[:, ~valid] = 1e3 * torch.randn(3, int((~valid).sum()), DIM)
+    again = fuser(changed, valid=valid)
+    assert torch.equal(again[valid], out[valid])
+    assert not torch.allclose(fuser(changed)[valid], out[valid])  # without the mask they would leak
 
 
 def test_hl_attn_parameter_count_matches_paper_budget():
     fuser = hl_attn(dim=768)
     count = sum(p.numel() for p in fuser.parameters() if p.requires_grad)
-    assert count == hl_attn_parameter_count(768, 256, 3) == 791_552
+    assert count == hl_attn_parameter_count(768, 256, 3) == 791_808
     assert abs(count - 0.78e6) < 0.05e6
     assert abs(12 * count - 9.4e6) <= 1e6  # SAMora 118.5 M - SAMed 108.8 M - ~0.3 M expert LoRAs
     assert len(fuser.steps) == 2  # K - 1 cross-attention steps
@@ -170,7 +224,7 @@ def test_hl_attn_order_changes_result_after_training_step():
     a = hl_attn(width=32, heads=4)
     opt = torch.optim.AdamW(a.parameters(), lr=1e-2)
     d, target = deltas(), torch.randn(4, 9, DIM)
-    for _ in range(2):  # step 1 moves `up`, step 2 moves everything else
+    for _ in range(2):  # step 1 moves the gate, step 2 moves everything else
         opt.zero_grad()
         (a(d) - target).square().mean().backward()
         opt.step()

@@ -91,7 +91,7 @@ subdir = "imagesTr"
 epochs = 1
 batch_size = 2
 max_steps = 1
-warmup_iters = 1
+warmup = 0
 
 [[experts]]
 name = "image"
@@ -125,7 +125,7 @@ def test_model_recipe_runs_a_few_steps(recipe, world, tmp_path):
     host = real.backbone.name
     overrides = [f"run.output_dir={tmp_path / 'run'}", "run.device=cpu", "backbone.variant=tiny",
                  f"backbone.image_size={SIZE}", f"backbone.checkpoint={world['checkpoints'][host]}",
-                 "train.epochs=1", "train.max_steps=2", "train.batch_size=2", "train.warmup_iters=1",
+                 "train.epochs=1", "train.max_steps=2", "train.batch_size=2", "train.warmup=0",
                  "eval.overlays=0", *DATA_OVERRIDES[real.data.name](world)]
     if real.data.name == "synapse" and real.data.train is not None:  # the 10 % list -> a 2-slice list
         overrides.append('data.train={ list_file = "lists/train_2.txt" }')

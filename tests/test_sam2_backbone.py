@@ -23,14 +23,14 @@ from samora_kit_plugins.sam2 import (PIXEL_MEAN, PIXEL_STD, Sam2Backbone, Sam2Ba
                                      image_encoder_node)
 from samora_kit_plugins.sam2.backbone import reference_encoder_state
 
-from .test_experts import SumFuser  # the one test fuser that sums the deltas
+from .test_experts import SumFuser, Unfolded, registry_fuser  # test fusers shared with SAM's tests
 
 NAMES = ["image", "patch", "pixel"]
 ATOL = 1e-5
 
 
 class ZeroFuser(SumFuser):
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros_like(deltas[0])
 
 
@@ -202,6 +202,23 @@ def test_batched_experts_equal_a_plain_per_expert_loop(fuser, size):  # 96 px: p
     if fuser is ZeroFuser:  # a zero-initialised fuser (HL-Attn at init) gives the frozen encoder
         frozen = official_pyramid(official_encoder(backbone), images)
         assert torch.allclose(out.embedding, frozen[2], atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["hl_attn", "sum", "lac", "mole"])
+def test_folded_projection_equals_projecting_every_expert(name):
+    """On Hiera (q-pooling, dim != dim_out at stage transitions, padded windows at 96 px): P folded
+    into the fuser == every variant projected."""
+    folded = tiny(fuser=registry_fuser(name), experts={"names": NAMES}, image_size=96)
+    unfolded = tiny(fuser=registry_fuser(name, wrap=Unfolded), experts={"names": NAMES}, image_size=96)
+    assert all(b.fusion.folded for b in folded.encoder.blocks)
+    assert any(b.dim != b.dim_out for b in folded.encoder.blocks)
+    for name_, tensors in zip(NAMES, randomise_experts(folded)):
+        unfolded.load_expert(name_, tensors)
+    images = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        out, reference = folded(images), unfolded(images)
+    assert (out.embedding - reference.embedding).abs().max() < 1e-4
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(out.high_res, reference.high_res))
 
 
 def test_registry_sum_fuser_and_lorahub_merge():

@@ -3,14 +3,20 @@
 * ``sum``: ``sum_k D_k``. No parameters.
 * ``lac`` (linear arithmetic composition): ``sum_k s_k D_k`` with one learned scalar per
   expert, initialised to ``config.init`` (1.0: starts as ``sum``).
-* ``mole`` (mixture of LoRA experts, per-token gate): ``g = softmax(Linear_{C->K}(LN(mean_k D_k)) / T)``
-  per token, output ``K * sum_k g_k D_k``. The gate reads the LayerNorm'd *mean* of the deltas
-  (one gate input per token, scale-free, O(C*K) parameters). The gate Linear is zero-initialised,
-  so the gate starts uniform (1/K) and, with the factor K, ``mole`` starts as ``sum``.
+* ``mole`` (mixture of LoRA experts, per-token gate): ``g = softmax(Linear_{C->K}(mean_k D_k) / T)``
+  per token, output ``K * sum_k g_k D_k``. The gate reads the *mean* of the deltas (one gate
+  input per token, O(C*K) parameters), unnormalised, so the experts' scale reaches it. The gate
+  Linear is zero-initialised, so the gate starts uniform (1/K) and, with the factor K, ``mole``
+  starts as ``sum``.
 * ``lorahub``: learned scalars ``w_k`` (init 1/K) that merge the experts' LoRA matrices into one
   LoRA before the block runs, as LoraHub does: ``A = sum_k w_k A_k``, ``B = sum_k w_k B_k``,
   delta weight ``B @ A``. It cannot act on deltas: ``merges_lora = True``, the backbone reads
   ``mixing_weights()`` (or calls ``merge(a, b)``) and ``forward`` raises.
+
+``sum``, ``lac`` and ``mole`` are linear in the deltas given their weights, so with scope
+``attention`` they mix the experts' attention outputs *before* the block's frozen output
+projection (``output_before_projection = True``: the block projects ``a_0 + mix`` once);
+``mole``'s gate folds the projection into its Linear (``fold_projection``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torch import nn
 
 from samora_kit.registry import ComponentConfig
 
-from .common import check_deltas, check_expert_names
+from .common import check_deltas, check_expert_names, fold_into_linear
 
 
 class SumConfig(ComponentConfig):
@@ -42,6 +48,7 @@ class LoraHubConfig(ComponentConfig):
 
 class _DeltaFuser(nn.Module):
     merges_lora = False
+    output_before_projection = True  # linear in the deltas: the block's projection applies to the mix
 
     def __init__(self, name: str, dim: int, expert_names: list[str]) -> None:
         super().__init__()
@@ -53,6 +60,9 @@ class _DeltaFuser(nn.Module):
     def check(self, deltas: torch.Tensor) -> None:
         check_deltas(self.fuser_name, deltas, self.num_experts, self.dim)
 
+    def fold_projection(self, weight: torch.Tensor) -> None:
+        """Deltas now arrive before the projection: a weighted sum needs no change."""
+
 
 class SumFuser(_DeltaFuser):
     """Plain sum of the expert deltas."""
@@ -60,7 +70,7 @@ class SumFuser(_DeltaFuser):
     def __init__(self, dim: int, expert_names: list[str]) -> None:
         super().__init__("sum", dim, expert_names)
 
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         self.check(deltas)
         return deltas.sum(0)
 
@@ -72,7 +82,7 @@ class LacFuser(_DeltaFuser):
         super().__init__("lac", dim, expert_names)
         self.weights = nn.Parameter(torch.full((self.num_experts,), float(init)))
 
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         self.check(deltas)
         return torch.tensordot(self.weights.to(deltas.dtype), deltas, dims=1)
 
@@ -83,16 +93,20 @@ class MoleFuser(_DeltaFuser):
     def __init__(self, dim: int, expert_names: list[str], temperature: float = 1.0) -> None:
         super().__init__("mole", dim, expert_names)
         self.temperature = temperature
-        self.norm = nn.LayerNorm(dim)
         self.gate = nn.Linear(dim, self.num_experts)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
 
+    def fold_projection(self, weight: torch.Tensor) -> None:
+        """The gate reads the mean delta before the projection: its Linear takes the projection in."""
+        fold_into_linear(self.gate, weight)
+        self.dim = self.gate.in_features
+
     def gates(self, deltas: torch.Tensor) -> torch.Tensor:
         """..., K gate weights per token (sum to 1)."""
-        return torch.softmax(self.gate(self.norm(deltas.mean(0))) / self.temperature, dim=-1)
+        return torch.softmax(self.gate(deltas.mean(0)) / self.temperature, dim=-1)
 
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         self.check(deltas)
         g = self.gates(deltas).movedim(-1, 0).unsqueeze(-1)  # K, ..., 1
         return self.num_experts * (g.to(deltas.dtype) * deltas).sum(0)
@@ -122,7 +136,7 @@ class LoraHubFuser(nn.Module):
         w = self.weights.to(a.dtype)
         return torch.tensordot(w, a, dims=1), torch.tensordot(w, b, dims=1)
 
-    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+    def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         raise RuntimeError("fuser 'lorahub' merges the experts' LoRA A/B matrices (merges_lora = True) and "
                            "cannot fuse deltas: the backbone must build one LoRA from mixing_weights() "
                            "(A = sum_k w_k A_k, B = sum_k w_k B_k) instead of calling the fuser on deltas")

@@ -5,12 +5,13 @@ from samora_kit.hookspecs import hookimpl
 from .backbone import SamBackbone, build_image_encoder, build_sam_backbone
 from .checkpoint_import import SamImportConfig, import_sam, import_sam_checkpoint
 from .config import SAM_PRESETS, ExpertsConfig, LoRAConfig, SamBackboneConfig, SamPreset
-from .experts import ExpertFusedBlock, ExpertsQKV, sam_attention_sdpa, sdpa_attention
+from .experts import ExpertFusedBlock, ExpertsQKV
 from .lora import LoRAQKV
+from .variant_attention import sam_attention_sdpa, sdpa_attention, variants_attention
 
 __all__ = ["SAM_PRESETS", "import_sam_checkpoint", "ExpertFusedBlock", "ExpertsConfig", "ExpertsQKV", "LoRAConfig", "LoRAQKV", "SamBackbone",
            "SamBackboneConfig", "SamPreset", "build_image_encoder", "build_sam_backbone", "sam_attention_sdpa",
-           "sdpa_attention"]
+           "sdpa_attention", "variants_attention"]
 
 
 @hookimpl

@@ -71,6 +71,28 @@ class ExpertHost:
                                   f"expected {tuple(own[bad[0]].shape)}")
         self.load_state_dict(state, strict=False)
 
+    # --- ParameterGroups and Diagnostics (samora_kit.interfaces) -----------------------------------------
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The fusers' and the LoRA's trainable parameters, each group with its own recipe lr."""
+        groups = {"fuser": [p for f in self.fusers().values() for p in f.parameters() if p.requires_grad],
+                  "lora": [p for layer in self.lora_layers().values() for p in layer.parameters() if p.requires_grad]}
+        return {name: params for name, params in groups.items() if params}
+
+    def record_diagnostics(self, enabled: bool) -> None:
+        """While enabled, every fused block keeps ||fused term|| / ||frozen attention output|| of its forward."""
+        for block in self._fused_blocks():
+            block.fusion.recording = enabled
+            block.fusion.fused_ratio = None
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """`fused_ratio/blockNN` of each fused block's last recorded forward (LoRAHub blocks have none)."""
+        return {f"fused_ratio/block{i:02d}": b.fusion.fused_ratio for i, b in enumerate(self.encoder.blocks)
+                if getattr(b, "fusion", None) is not None and b.fusion.fused_ratio is not None}
+
+    def _fused_blocks(self) -> list[nn.Module]:
+        return [b for b in self.encoder.blocks if getattr(b, "fusion", None) is not None]
+
     def lora_description(self) -> dict:
         return {"rank": self.lora_rank, "targets": list(self.lora_targets), "blocks": list(self.lora_blocks)}
 

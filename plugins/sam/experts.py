@@ -2,12 +2,12 @@
 
 Per block: norm1 once, window partition once, the frozen qkv once, every expert's q/v
 delta in one pair of einsums; the K+1 qkv variants [base, base+Δ_1, ..., base+Δ_K] go
-through ONE attention call (SDPA, decomposed relative positions as an additive float
-mask) and ONE output projection. F = variant 0, D_i = variant i - variant 0, and the
-fuser returns Fuse(D) which is added to F:
+through ONE batched attention (variant_attention.py). F = variant 0, D_i = variant i -
+variant 0, and the fuser returns Fuse(D) which is added to F:
 
 * scope "attention": D are attention-branch outputs per token group (windows or all
-  tokens), x' = x + F_attn + Fuse(D), then the MLP once.
+  tokens), x' = x + F_attn + Fuse(D), then the MLP once. The frozen output projection P is
+  folded into the fuser (fusion_step.py), so it runs once, not K+1 times.
 * scope "block": every variant also runs residual + MLP (batched); D_i = E_i(x) - F(x)
   on the block output, grouped into windows (windowed blocks) or all tokens (global).
 """
@@ -19,17 +19,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention, Block, get_rel_pos, window_partition, \
-    window_unpartition
+from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
 from torch import nn
 
-from samora_kit.errors import SamoraError
-
+from .fusion_step import FusionState, check_fuser, fold_fuser, fuse_attention, record_ratio, run_fuser, window_valid
 from .lora import QKV_ORDER, check_fused_qkv
+from .variant_attention import low_rank_variants_attention, variants_attention
 
 # (dim, num_heads, expert_names) -> fuser module; called once per expert block
 FuserFactory = Callable[[int, int, list[str]], nn.Module]
 SCOPES = ("attention", "block")
+LOW_RANK_LOGITS = True  # benchmarks switch it off to measure what the rank-r logits save
 
 
 class ExpertsQKV(nn.Module):
@@ -101,6 +101,30 @@ class ExpertsQKV(nn.Module):
             out.append(varied.view(varied.shape[0], *lead, self.dim_out))
         return out[0], out[1], out[2]
 
+    @property
+    def low_rank_q(self) -> bool:
+        """Each expert changes q by a rank-r term and leaves k frozen (SAMed's q/v targets)."""
+        return "q" in self.targets and "k" not in self.targets
+
+    def factored_variants(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x: ..., C_in -> q0 ..., C_out (frozen q); u K, ..., r and b K, C_out, r (expert k's q = q0 + u_k b_k^T);
+        k 1, ..., C_out (frozen); v V, ..., C_out (or 1, ..., C_out when v has no LoRA). Needs `low_rank_q`."""
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        q0, k, v = self.base(flat).chunk(3, dim=-1)  # each N, C_out
+        a = F.pad(self.expert_a, (0, 0, 0, 0, 1, 0))  # a zero expert first: variant 0 = the frozen path
+        hidden = torch.einsum("nc,tkrc->tknr", flat, a.to(x.dtype))  # T, V, N, r: one matmul
+        u = hidden[self.targets.index("q"), 1:]  # K, N, r
+        b = self.expert_b[self.targets.index("q")].to(x.dtype)  # K, C_out, r
+        if "v" in self.targets:
+            t = self.targets.index("v")
+            b_v = F.pad(self.expert_b[t], (0, 0, 0, 0, 1, 0)).to(x.dtype)
+            v = torch.baddbmm(v.unsqueeze(0), hidden[t], b_v.transpose(1, 2))  # V, N, C_out
+        else:
+            v = v.unsqueeze(0)
+        return (q0.view(*lead, self.dim_out), u.view(u.shape[0], *lead, u.shape[-1]), b,
+                k.view(1, *lead, self.dim_out), v.view(v.shape[0], *lead, self.dim_out))
+
     def merged(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One LoRA with A = Σ_k w_k A_k and B = Σ_k w_k B_k (LoRAHub), shaped T, 1, r, C_in / T, 1, C_out, r."""
         if weights.shape != (self.num_experts,):
@@ -136,116 +160,13 @@ class ExpertsQKV(nn.Module):
         return f"experts={list(self.names)}, rank={self.rank}, targets={''.join(self.targets)}"
 
 
-def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                 hw: tuple[int, int]) -> torch.Tensor:
-    """SAM's decomposed relative-position term as a tensor to add to the logits.
-
-    q: M, L, head_dim (unscaled, L = h*w) -> M, L, L (== add_decomposed_rel_pos(0, q, ...))."""
-    h, w = hw
-    rh = get_rel_pos(h, h, rel_pos_h)
-    rw = get_rel_pos(w, w, rel_pos_w)
-    r_q = q.reshape(q.shape[0], h, w, q.shape[-1])
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh.to(q.dtype))
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw.to(q.dtype))
-    return (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(q.shape[0], h * w, h * w)
-
-
-def sdpa_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   hw: tuple[int, int]) -> torch.Tensor:
-    """SAM's Attention after its qkv projection, via scaled_dot_product_attention.
-
-    q, k, v: M, L, C (L = h*w tokens of one window or image) -> M, L, C after `attn.proj`."""
-    m, length, dim = q.shape
-    heads = attn.num_heads
-    q, k, v = (t.reshape(m, length, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
-    mask = None
-    if attn.use_rel_pos:
-        mask = rel_pos_bias(q.reshape(m * heads, length, -1), attn.rel_pos_h, attn.rel_pos_w, hw)
-        mask = mask.view(m, heads, length, length)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
-    return attn.proj(out.transpose(1, 2).reshape(m, length, dim))
-
-
-def variants_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       hw: tuple[int, int]) -> torch.Tensor:
-    """SAM's Attention (decomposed relative positions) after the qkv projection, for V variants
-    at once, written as SAM does it (explicit softmax; on CPU this beats SDPA with a float mask
-    that needs a gradient). q: V, n, L, C; k, v: V or 1 (shared by every variant), n, L, C
-    -> V, n, L, C after `attn.proj`. A shared k enters one bmm for all variants, never copied."""
-    count = max(q.shape[0], k.shape[0], v.shape[0])
-    q = q.expand(count, -1, -1, -1)  # q is shared only when no expert changes q
-    _, n, length, dim = q.shape
-    heads = attn.num_heads
-    hd = dim // heads
-    h, w = hw
-    # The decomposed relative-position term rel_h[l, kh] + rel_w[l, kw] is linear in q, so it rides
-    # in the same matmul: q' = [q * scale, rel_h, rel_w] (hd + h + w), k' = [k, onehot(kh), onehot(kw)].
-    # No L x L bias tensor is built, added, or reduced in backward.
-    if k.shape[0] == 1:  # all variants against the one k: n*heads, V*L, hd' @ n*heads, hd', L
-        qh = q.view(count, n, length, heads, hd).permute(1, 3, 0, 2, 4)  # n, heads, V, L, hd
-        kh = k[0].view(n, length, heads, hd).permute(0, 2, 3, 1)  # n, heads, hd, L
-    else:
-        qh = q.view(count, n, length, heads, hd).permute(0, 1, 3, 2, 4)  # V, n, heads, L, hd
-        kh = k.expand(count, -1, -1, -1).reshape(count, n, length, heads, hd).permute(0, 1, 3, 4, 2)
-    qs = qh * attn.scale
-    if attn.use_rel_pos:
-        # q . Rh[h_q - h_k + h - 1] for every relative offset from ONE matmul of the scaled q with both
-        # tables (2h-1 + 2w-1 rows, pre-divided by scale), then gathered: q is never permuted again.
-        rh = _resized_rel_pos(h, attn.rel_pos_h).to(q.dtype)
-        rw = _resized_rel_pos(w, attn.rel_pos_w).to(q.dtype)
-        per_offset = torch.matmul(qs, (torch.cat([rh, rw]) / attn.scale).t())  # ..., L, 2h-1 + 2w-1
-        index = _rel_pos_index(h, w, q.device)  # L, h + w
-        rel = per_offset.gather(-1, index.expand(*per_offset.shape[:-1], h + w))
-        qs = torch.cat([qs, rel], dim=-1)
-        eye_h = torch.eye(h, dtype=q.dtype, device=q.device)
-        eye_w = torch.eye(w, dtype=q.dtype, device=q.device)
-        onehot = torch.cat([eye_h.repeat_interleave(w, dim=0), eye_w.repeat(h, 1)], dim=1).t()  # h+w, L
-        kh = torch.cat([kh, onehot.expand(*kh.shape[:-2], -1, -1)], dim=-2)
-    if k.shape[0] == 1:
-        logits = torch.matmul(qs.reshape(n, heads, count * length, -1), kh).view(n, heads, count, length, length)
-    else:
-        logits = torch.matmul(qs, kh)  # V, n, heads, L, L
-    probs = logits.softmax(dim=-1)
-    if k.shape[0] == 1:  # probs n, heads, V, L, L
-        vh = v.expand(count, -1, -1, -1).view(count, n, length, heads, hd).permute(1, 3, 0, 2, 4)
-        out = torch.matmul(probs, vh).permute(2, 0, 3, 1, 4)  # V, n, L, heads, hd
-    else:  # probs V, n, heads, L, L
-        vh = v.expand(count, -1, -1, -1).view(count, n, length, heads, hd).permute(0, 1, 3, 2, 4)
-        out = torch.matmul(probs, vh).permute(0, 1, 3, 2, 4)
-    return attn.proj(out.reshape(count, n, length, dim))
-
-
-def _resized_rel_pos(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
-    """The 2*size-1 rows (offset q - k + size - 1) SAM's get_rel_pos picks from, interpolated as it does."""
-    length = 2 * size - 1
-    if rel_pos.shape[0] == length:
-        return rel_pos
-    resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length, mode="linear")
-    return resized.reshape(-1, length).permute(1, 0)
-
-
-def _rel_pos_index(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """L, h + w: for token (i, j) the rows of [Rh; Rw] giving its terms for key rows 0..h-1, cols 0..w-1."""
-    i = torch.arange(h, device=device).repeat_interleave(w)  # token row
-    j = torch.arange(w, device=device).repeat(h)  # token column
-    rows = i[:, None] - torch.arange(h, device=device) + h - 1
-    cols = j[:, None] - torch.arange(w, device=device) + w - 1 + (2 * h - 1)
-    return torch.cat([rows, cols], dim=1)
-
-
-def sam_attention_sdpa(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """Drop-in for `Attention.forward` (x: B, H, W, C) computed with SDPA."""
-    b, h, w, c = x.shape
-    q, k, v = attn.qkv(x).reshape(b, h * w, 3 * c).chunk(3, dim=-1)
-    return sdpa_attention(attn, q, k, v, (h, w)).view(b, h, w, c)
-
-
 class ExpertFusedBlock(Block):
     """A segment-anything Block whose forward runs the frozen path and K experts batched and
     adds the fused expert deltas. Made from a built Block by `install_experts` (the class is
-    swapped in place, so parameter names stay `blocks.N.norm1...`); adds `fuser`, `scope`."""
+    swapped in place, so parameter names stay `blocks.N.norm1...`); adds `fuser`, `fusion`, `scope`."""
 
     fuser: nn.Module
+    fusion: FusionState
     scope: str
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B, H, W, C
@@ -261,23 +182,27 @@ class ExpertFusedBlock(Block):
         if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
             a, b = qkv.merged(self.fuser.mixing_weights())
             q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
+            out = variants_attention(self.attn, *(t.reshape(t.shape[0], n, h * w, dim) for t in (q, k, v)), (h, w))
+        elif qkv.low_rank_q and LOW_RANK_LOGITS:  # experts' logits as rank-r corrections of the frozen ones
+            q0, u, b, k, v = qkv.factored_variants(tokens.reshape(n, h * w, dim))
+            out = low_rank_variants_attention(self.attn, q0, u, b, k, v, (h, w))
         else:
             q, k, v = qkv.variants(tokens, shared=True)  # K+1 (or 1 when shared), n, h, w, C
-        out = variants_attention(self.attn, *(t.reshape(t.shape[0], n, h * w, dim) for t in (q, k, v)), (h, w))
-        count = out.shape[0]
+            out = variants_attention(self.attn, *(t.reshape(t.shape[0], n, h * w, dim) for t in (q, k, v)), (h, w))
+        count = out.shape[0]  # V, n, L, C before the output projection
 
         if self.fuser.merges_lora:
-            x = shortcut + self._unpartition(out.view(n, h, w, dim), pad_hw, (height, width))
+            x = shortcut + self._unpartition(self.attn.proj(out[0]).view(n, h, w, dim), pad_hw, (height, width))
             return x + self.mlp(self.norm2(x))
 
         if self.scope == "attention":
-            frozen, experts = out.split([1, count - 1])  # split: no zero-filled select grads
-            attn_out = frozen[0] + self._fuse(experts - frozen)  # n, L, C
+            valid = window_valid(batch, (height, width), self.window_size, window_partition, x.device)
+            attn_out = fuse_attention(self, out, self.attn.proj, valid)  # n, L, C
             x = shortcut + self._unpartition(attn_out.view(n, h, w, dim), pad_hw, (height, width))
             return x + self.mlp(self.norm2(x))
 
         # scope "block": residual + MLP per variant, batched
-        attn_out = self._unpartition(out.view(count * n, h, w, dim), pad_hw, (height, width))
+        attn_out = self._unpartition(self.attn.proj(out).view(count * n, h, w, dim), pad_hw, (height, width))
         blocks = shortcut + attn_out.view(count, batch, height, width, dim)
         blocks = blocks + self.mlp(self.norm2(blocks))
         frozen, experts_out = blocks.split([1, count - 1])
@@ -286,44 +211,30 @@ class ExpertFusedBlock(Block):
         if self.window_size > 0:
             windows, pad = window_partition(deltas.reshape(experts * batch, height, width, dim), self.window_size)
             per_expert = windows.shape[0] // experts
-            fused = self._fuse(windows.reshape(experts, per_expert, -1, dim))
+            valid = window_valid(batch, (height, width), self.window_size, window_partition, x.device)
+            fused = run_fuser(self.fuser, windows.reshape(experts, per_expert, -1, dim), valid)
             fused = window_unpartition(fused.view(per_expert, self.window_size, self.window_size, dim),
                                        self.window_size, pad, (height, width))
         else:
-            fused = self._fuse(deltas.reshape(experts, batch, height * width, dim)).view(batch, height, width, dim)
+            fused = run_fuser(self.fuser, deltas.reshape(experts, batch, height * width, dim), None)
+            fused = fused.view(batch, height, width, dim)
+        if self.fusion.recording:  # against what the frozen block adds to its input
+            record_ratio(self.fusion, fused, frozen - shortcut, None)
         return frozen + fused
 
     def _unpartition(self, x: torch.Tensor, pad_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
         return window_unpartition(x, self.window_size, pad_hw, hw) if self.window_size > 0 else x
 
-    def _fuse(self, deltas: torch.Tensor) -> torch.Tensor:
-        fused = self.fuser(deltas)
-        if fused.shape != deltas.shape[1:]:
-            raise ValueError(f"fuser {type(self.fuser).__name__} returned shape {tuple(fused.shape)} for deltas "
-                             f"{tuple(deltas.shape)}; expected {tuple(deltas.shape[1:])} (N, L, C)")
-        return fused
-
 
 def install_experts(block: Block, names: Sequence[str], rank: int, targets: Sequence[str],
                     fuser: nn.Module, scope: str = "attention") -> ExpertFusedBlock:
-    """Turn a built (frozen) SAM Block into an ExpertFusedBlock in place and return it."""
+    """Turn a built (frozen) SAM Block into an ExpertFusedBlock in place and return it. With scope
+    "attention" the block's frozen output projection is folded into the fuser when it can take it."""
     if scope not in SCOPES:
         raise ValueError(f"experts scope must be one of {', '.join(SCOPES)}; got {scope!r}")
     check_fuser(fuser, len(names))
     block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
     block.__class__ = ExpertFusedBlock
-    block.fuser = fuser
+    fold_fuser(block, fuser, block.attn.proj if scope == "attention" and not fuser.merges_lora else None)
     block.scope = scope
     return block
-
-
-def check_fuser(fuser, num_experts: int) -> None:
-    name = type(fuser).__name__
-    if not isinstance(fuser, nn.Module):
-        raise SamoraError(f"the fuser factory returned a {name}, expected an nn.Module "
-                          "with forward(deltas[K, N, L, C]) -> [N, L, C]")
-    if not isinstance(getattr(fuser, "merges_lora", None), bool):
-        raise SamoraError(f"fuser {name} has no boolean attribute merges_lora (False: it fuses deltas; "
-                          "True: it merges the experts' LoRA through mixing_weights())")
-    if fuser.merges_lora and not callable(getattr(fuser, "mixing_weights", None)):
-        raise SamoraError(f"fuser {name} sets merges_lora but has no mixing_weights() -> Tensor[{num_experts}]")

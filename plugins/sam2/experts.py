@@ -3,9 +3,10 @@
 Per block: norm1 once, the (pooled) shortcut once, window partition once, the frozen qkv and every
 expert's deltas in one projection + one einsum (ExpertsQKV.variants), q-pooling per q variant,
 ONE scaled_dot_product_attention call for all K+1 variants [frozen, frozen+Δ_1, ..., frozen+Δ_K],
-ONE output projection, then (scope "attention", as SAM's ExpertFusedBlock):
+then (scope "attention", as SAM's ExpertFusedBlock, sam/fusion_step.py) the frozen output
+projection folded into the fuser, so it runs once per block:
 
-    x = shortcut + attn_frozen + fuser(attn_experts - attn_frozen);  x = x + mlp(norm2(x))
+    x = shortcut + P(a_frozen) + Fuse(D),  D_i = P(a_i) - P(a_frozen);  x = x + mlp(norm2(x))
 
 A LoRAHub-style fuser (`merges_lora`) instead runs one LoRA whose A, B are the weighted sums.
 """
@@ -20,14 +21,15 @@ from sam2.modeling.backbones.hieradet import MultiScaleAttention, MultiScaleBloc
 from sam2.modeling.backbones.utils import window_partition, window_unpartition
 from torch import nn
 
-from samora_kit_plugins.sam.experts import ExpertsQKV, check_fuser
+from samora_kit_plugins.sam.experts import ExpertsQKV
+from samora_kit_plugins.sam.fusion_step import FusionState, check_fuser, fold_fuser, fuse_attention, window_valid
 
 
 def hiera_variants_attention(attn: MultiScaleAttention, q: torch.Tensor, k: torch.Tensor,
                              v: torch.Tensor) -> torch.Tensor:
     """Hiera's MultiScaleAttention after its qkv projection, for V variants in one SDPA call.
 
-    q, k, v: V or 1 (shared by every variant), n, h, w, C_out -> V, n, h', w', C_out after
+    q, k, v: V or 1 (shared by every variant), n, h, w, C_out -> V, n, h', w', C_out before
     `attn.proj` (h', w' = h, w pooled by `attn.q_pool` when the block downsamples)."""
     count = max(q.shape[0], k.shape[0], v.shape[0])
     _, n, h, w, dim = k.shape
@@ -44,15 +46,16 @@ def hiera_variants_attention(attn: MultiScaleAttention, q: torch.Tensor, k: torc
         return t.transpose(1, 2)
 
     out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))
-    return attn.proj(out.transpose(1, 2).reshape(count, n, hq, wq, dim))
+    return out.transpose(1, 2).reshape(count, n, hq, wq, dim)
 
 
 class ExpertFusedHieraBlock(MultiScaleBlock):
     """A sam2 MultiScaleBlock whose forward runs the frozen path and K experts batched and adds
     the fused expert deltas. Made from a built block by `install_hiera_experts` (the class is swapped
-    in place, so parameter names stay `blocks.N.norm1...`); adds `fuser` and `scope`."""
+    in place, so parameter names stay `blocks.N.norm1...`); adds `fuser`, `fusion` and `scope`."""
 
     fuser: nn.Module
+    fusion: FusionState
     scope: str
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B, H, W, C_in -> B, H', W', C_out
@@ -71,41 +74,33 @@ class ExpertFusedHieraBlock(MultiScaleBlock):
             q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
         else:
             q, k, v = qkv.variants(tokens, shared=True)  # K+1 (or 1 when shared), n, h, w, C_out
-        out = hiera_variants_attention(self.attn, q, k, v)  # V, n, h', w', C_out
-
-        if self.fuser.merges_lora:
-            attn_out = out[0]
-        else:
-            frozen, experts = out.split([1, out.shape[0] - 1])  # split: no zero-filled select grads
-            attn_out = frozen[0] + self._fuse(experts - frozen)
+        out = hiera_variants_attention(self.attn, q, k, v)  # V, n, h', w', C_out before the projection
 
         if self.q_stride:  # shapes changed by q-pooling
             window = self.window_size // self.q_stride[0]
             height, width = shortcut.shape[1:3]
             if window > 0:
                 pad_hw = (height + (window - height % window) % window, width + (window - width % window) % window)
+        if self.fuser.merges_lora:
+            attn_out = self.attn.proj(out[0])
+        else:
+            count, n, h, w, dim = out.shape
+            valid = window_valid(shortcut.shape[0], (height, width), window, window_partition, x.device)
+            attn_out = fuse_attention(self, out.reshape(count, n, h * w, dim), self.attn.proj, valid)
+            attn_out = attn_out.view(n, h, w, dim)
         if self.window_size > 0:
             attn_out = window_unpartition(attn_out, window, pad_hw, (height, width))
         x = shortcut + self.drop_path(attn_out)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def _fuse(self, deltas: torch.Tensor) -> torch.Tensor:
-        """deltas K, n, h, w, C -> the fuser on K, n, h*w, C -> n, h, w, C."""
-        k, n, h, w, dim = deltas.shape
-        flat = deltas.reshape(k, n, h * w, dim)
-        fused = self.fuser(flat)
-        if fused.shape != flat.shape[1:]:
-            raise ValueError(f"fuser {type(self.fuser).__name__} returned shape {tuple(fused.shape)} for deltas "
-                             f"{tuple(flat.shape)}; expected {tuple(flat.shape[1:])} (N, L, C)")
-        return fused.view(n, h, w, dim)
-
 
 def install_hiera_experts(block: MultiScaleBlock, names: Sequence[str], rank: int, targets: Sequence[str],
                           fuser: nn.Module) -> ExpertFusedHieraBlock:
-    """Turn a built (frozen) Hiera block into an ExpertFusedHieraBlock in place and return it."""
+    """Turn a built (frozen) Hiera block into an ExpertFusedHieraBlock in place and return it; its frozen
+    output projection is folded into the fuser when the fuser can take it."""
     check_fuser(fuser, len(names))
     block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
     block.__class__ = ExpertFusedHieraBlock
-    block.fuser = fuser
+    fold_fuser(block, fuser, None if fuser.merges_lora else block.attn.proj)
     block.scope = "attention"
     return block

@@ -1,8 +1,10 @@
 """Where the encoder looks: Grad-CAM of the foreground logits on the encoder's output embedding,
-for one slice, several runs side by side (the paper's Fig. 5 compares SAMed and SAMora)."""
+for one slice, several runs side by side (the paper's Fig. 5 compares SAMed and SAMora); and how the
+runs' logged diagnostics (metrics.jsonl keys `metric/part`, e.g. `fused_ratio/block03`) moved."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -48,6 +50,49 @@ def save_heatmaps(image_hw: np.ndarray, maps: dict[str, np.ndarray], path: Path,
     for ax in axes[0]:
         ax.axis("off")
     fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+def read_diagnostics(metrics: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """metric -> part -> [(step, value)] for every `metric/part` key in a run's metrics.jsonl."""
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    if not metrics.is_file():
+        return series
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill mid-write
+            continue
+        for key, value in row.items():
+            if "/" in key and isinstance(value, (int, float)):
+                metric, part = key.split("/", 1)
+                series.setdefault(metric, {}).setdefault(part, []).append((row.get("step", 0), value))
+    return series
+
+
+DIAGNOSTIC_LABELS = {"fused_ratio": "||fused term|| / ||frozen attention output||"}
+
+
+def save_diagnostics_plot(runs: dict[str, dict], path: Path) -> Path:
+    """One panel per (metric, run), a line per part over the steps; `runs`: name -> read_diagnostics()."""
+    metrics = sorted({m for series in runs.values() for m in series})
+    fig, axes = plt.subplots(len(metrics), len(runs), figsize=(4.2 * len(runs), 3.2 * len(metrics)),
+                             squeeze=False, sharey="row")
+    for row, metric in enumerate(metrics):
+        for col, (name, series) in enumerate(runs.items()):
+            ax = axes[row][col]
+            for part, points in sorted(series.get(metric, {}).items()):
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker=".", label=part)
+            ax.set_title(f"{name}: {metric}")
+            ax.set_xlabel("step")
+            if col == 0:
+                ax.set_ylabel(DIAGNOSTIC_LABELS.get(metric, metric), fontsize=8)
+            if series.get(metric):
+                ax.legend(fontsize=6)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

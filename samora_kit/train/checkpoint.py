@@ -44,6 +44,11 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
         if key.startswith("optim/"):
             name, state_key = key[len("optim/"):].rsplit("/", 1)
             optimizer.state[by_name[name]][state_key] = value.to(by_name[name].device)
+    saved_names = [g.get("name") for g in header["param_groups"]]
+    names = [g.get("name") for g in optimizer.param_groups]
+    if saved_names != names:
+        raise CheckpointError(f"{path}: its optimizer parameter groups {saved_names} differ from this run's {names}; "
+                              "resume with the recipe and samora-kit version that made it, or start a new run")
     for group, saved in zip(optimizer.param_groups, header["param_groups"]):
         group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     return header

@@ -16,11 +16,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import SamoraError, TrainingDiverged
+from ..interfaces import Diagnostics
 from .checkpoint import load_training_state, save_training_state
 from .distributed import DistContext, any_rank, average_gradients
+from .optim import build_optimizer, lr_metric
 from .progress import MetricsLog, TrainingProgress
 from .runfolder import STATE_FILE
-from .schedule import samed_lr
+from .schedule import run_length, samed_lr
 
 KILL_AT_STEP = "SAMORA_KIT_TEST_KILL_AT_STEP"  # tests: SIGKILL ourselves after this step
 
@@ -41,22 +43,14 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
           show_progress: bool = True) -> TrainResult:
     """Train `objective`'s trainable parameters; `objective(*batch)` returns a dict with `loss`
     (plus scalars to log). `dataset` yields batches (tuples or tensors) and has set_epoch()."""
-    global_batch = train_cfg.batch_size
-    if global_batch % ctx.world_size:
-        raise SamoraError(f"train.batch_size = {global_batch} must be divisible by the "
-                          f"{ctx.world_size} processes")
-    steps_per_epoch = len(dataset) // global_batch
-    if steps_per_epoch == 0:
-        raise SamoraError(f"train.batch_size = {global_batch} is larger than the {len(dataset)} "
-                          "training slices; lower it or select more training cases")
-    total = train_cfg.epochs * steps_per_epoch
-    total = min(total, train_cfg.max_steps) if train_cfg.max_steps else total
+    length = run_length(train_cfg, len(dataset), ctx.world_size)
+    global_batch, steps_per_epoch, total = train_cfg.batch_size, length.steps_per_epoch, length.total
     local_batch = global_batch // ctx.world_size
 
     objective.to(ctx.device)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, betas=train_cfg.betas,
-                                  weight_decay=train_cfg.weight_decay)
+    optimizer = build_optimizer(objective, train_cfg)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    probes = [m for m in objective.modules() if isinstance(m, Diagnostics)]
     state_path = run_dir / STATE_FILE
     step = 0
     if resume:
@@ -81,9 +75,14 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
                 if step >= total:
                     break
                 batch = [t.to(ctx.device) for t in (batch if isinstance(batch, (list, tuple)) else [batch])]
-                lr = samed_lr(step, train_cfg.lr, train_cfg.warmup_iters, total, train_cfg.poly_power)
+                lrs = {}
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = samed_lr(step, group["base_lr"], length.warmup, total, train_cfg.poly_power)
+                    lrs[lr_metric(group["name"])] = group["lr"]
+                recording = bool(probes) and (step % train_cfg.log_every == 0 or step + 1 == total)
+                if recording:
+                    for probe in probes:
+                        probe.record_diagnostics(True)
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     losses = objective(*batch)
                 if any_rank(not torch.isfinite(losses["loss"]).item(), ctx):
@@ -97,8 +96,12 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
                 optimizer.step()
                 step += 1
                 loss_value = losses["loss"].item()
-                values = {k: float(v.detach()) for k, v in losses.items()} | {"lr": lr}
+                values = {k: float(v.detach()) for k, v in losses.items()} | lrs
                 progress.update(step, epoch, values)
+                if recording:  # measured in this step's forward, before its update
+                    values |= {k: float(v) for probe in probes for k, v in probe.diagnostics().items()}
+                    for probe in probes:
+                        probe.record_diagnostics(False)
                 log.write(step, {**values, "epoch": epoch})
                 if ctx.is_main and (step % train_cfg.checkpoint_every == 0 or step == total):
                     save_training_state(state_path, objective, optimizer, {**header, "step": step})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
@@ -47,15 +49,25 @@ class SegmentationObjective(torch.nn.Module):
 
 
 def build_model(recipe: BaseModel, registry: Registry, num_classes: int) -> SegmentationModel:
+    """The recipe's backbone, then its decoder initialised from its own seed (derived from run.seed),
+    so models that differ only in the encoder (SAMed, SAMora, decoder only) start from the same decoder."""
     context = {}
     if recipe.fuser is not None:
         spec = registry.get("fuser", recipe.fuser.name)
         context["fuser"] = lambda dim, num_heads, expert_names: spec.build(
             recipe.fuser, dim=dim, num_heads=num_heads, expert_names=expert_names)
     backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone, **context)
-    decoder = registry.get("decoder", recipe.decoder.name).build(recipe.decoder, backbone=backbone,
-                                                                 num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(component_seed(recipe.run.seed, "decoder"))
+        decoder = registry.get("decoder", recipe.decoder.name).build(recipe.decoder, backbone=backbone,
+                                                                     num_classes=num_classes)
     return SegmentationModel(backbone, decoder)
+
+
+def component_seed(seed: int, component: str) -> int:
+    """A seed for one component's initialisation, independent of what other components drew."""
+    digest = hashlib.sha256(f"{seed}:{component}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def build_dataset(recipe: BaseModel, registry: Registry):
