@@ -14,33 +14,50 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import DataError, RecipeError, SamoraError
+from .errors import DataError, RecipeError, RuntimeFailure, SamoraError, describe_os_error
+
+DEBUG_ENV = "SAMORA_KIT_DEBUG"
+EXIT_CODES = "exit codes: 0 done, 1 a failure while running (e.g. a full disk), 2 a bad recipe, input or command line"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides may follow the flags: `run R --resume train.lr=0.001`
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     args.argv = ["samora-kit", *argv]
     console = Console()
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args, console) or 0
     except RecipeError as exc:
-        return _report("invalid recipe", exc)
+        return _report("invalid recipe", exc, 2, debug)
+    except RuntimeFailure as exc:  # valid input, but something failed while running (a full disk, divergence)
+        return _report("error:", exc, 1, debug)
     except SamoraError as exc:
-        return _report("error:", exc)
+        return _report("error:", exc, 2, debug)
+    except OSError as exc:  # the file system refused something no message of ours names yet
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return _report("error:", OSError(f"{where}{describe_os_error(exc)}"), 1, debug, exc)
     except KeyboardInterrupt:
         return 130
 
 
-def _report(label: str, exc: Exception) -> int:
-    """Print a user error to stderr: escaped, since messages quote user values that may look like
-    rich markup ("[/x]"), and soft-wrapped, so paths are never folded at the console width."""
+def _report(label: str, exc: Exception, code: int, debug: bool, original: BaseException | None = None) -> int:
+    """Print a user error to stderr (escaped: messages quote user values that may look like rich markup,
+    "[/x]"; soft-wrapped: paths are never folded) and return the exit code; --debug re-raises it."""
+    if debug:
+        raise original or exc
     Console(stderr=True, soft_wrap=True).print(f"[red]{label}[/] {escape(str(exc))}", highlight=False)
-    return 2
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="samora-kit", description=__doc__)
+    p = argparse.ArgumentParser(prog="samora-kit", description=__doc__, epilog=EXIT_CODES)
+    p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a recipe, then evaluate it on its test cases")
@@ -111,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args, console):
+    if args.nproc_per_node < 1:
+        raise SamoraError(f"--nproc-per-node {args.nproc_per_node}: start at least 1 process")
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
                "-m", "samora_kit.cli", "run", str(args.recipe), *args.overrides]
@@ -178,7 +197,7 @@ def _schema(args, console):
     text = json.dumps(recipe_model(default_plugins().registry).model_json_schema(), indent=2) + "\n"
     if args.output:
         atomic_write_text(args.output, text)
-        console.print(f"wrote {args.output}")
+        console.print(f"wrote {escape(str(args.output))}")
     else:
         print(text, end="")
 
@@ -187,13 +206,13 @@ def _weights_import(args, console):
     from .weights.import_sam import import_checkpoint
 
     out, digest = import_checkpoint(args.source, args.output, args.variant, args.format)
-    console.print(f"wrote {out}\nsha256 {digest}")
+    console.print(f"wrote {escape(str(out))}\nsha256 {digest}")
 
 
 def _data_convert(args, console):
     from .convert import convert
 
-    console.print(f"wrote {convert(args.kind, args.source, args.output)}")
+    console.print(f"wrote {escape(str(convert(args.kind, args.source, args.output)))}")
 
 
 def _evaluate(args, console):
@@ -233,13 +252,14 @@ def _explain(args, console):
                 if volume.label is not None else len(volume.image) // 2
             image = volume.image[z]
         maps[run_dir.name] = encoder_heatmap(model, image)
-    console.print(f"wrote {save_heatmaps(image, maps, args.output, f'{args.case}, slice {z}')}")
+    console.print(f"wrote {escape(str(save_heatmaps(image, maps, args.output, f'{args.case}, slice {z}')))}")
 
 
 def _predict(args, console):
-    from .predict import predict_files
+    from .predict import check_output_names, predict_files
     from .runner import load_run
 
+    check_output_names(args.inputs, args.output)  # before the model is loaded
     recipe, adapter, model = load_run(args.run_dir)
     predict_files(model, recipe, adapter.class_names, args.inputs, args.output,
                   overlays=not args.no_overlays, console=console)

@@ -1,5 +1,7 @@
 """Errors a user can act on: the CLI prints their message, never a traceback."""
 
+import errno
+
 
 class SamoraError(Exception):
     """A problem with the user's input: file, key or value, and what was expected."""
@@ -27,5 +29,28 @@ class CheckpointError(SamoraError):
     """A weights file is missing, corrupted or made for another architecture."""
 
 
-class TrainingDiverged(SamoraError):
+class RuntimeFailure(SamoraError):
+    """Something failed while running on valid input (the CLI exits 1; input errors exit 2)."""
+
+
+class TrainingDiverged(RuntimeFailure):
     """The loss became NaN or infinite."""
+
+
+class WriteError(RuntimeFailure):
+    """A file could not be written (full disk, permissions, a read-only folder); what was there before stays."""
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """'No space left on device: free some space, or write elsewhere', and the like."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    code = getattr(exc, "errno", None)
+    if code is None and "os error 28" in str(exc):  # safetensors reports the OS error in its message
+        code = errno.ENOSPC
+    advice = {errno.ENOSPC: "free some disk space, or write elsewhere",
+              errno.EDQUOT: "free some of your disk quota, or write elsewhere",
+              errno.EACCES: "check the folder's permissions, or write elsewhere",
+              errno.EROFS: "the file system is read-only: write elsewhere"}.get(code)
+    if code == errno.ENOSPC:
+        text = "no space left on device"
+    return f"{text}: {advice}" if advice else text

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import SamoraError
@@ -42,7 +43,7 @@ def pretrain_experts(recipe, registry, run_dir: Path, ctx: DistContext, resume: 
         key = fingerprint(recipe.backbone, recipe.train, recipe.run.seed, data_id, entry)
         pack_path = run_dir / EXPERTS_DIR / f"{entry.name}.safetensors"
         if pack_path.exists() and read_header(pack_path).get("recipe_fingerprint") == key:
-            console.print(f"expert [bold]{entry.name}[/]: reusing {pack_path}")
+            console.print(f"expert [bold]{escape(entry.name)}[/]: reusing {escape(str(pack_path))}")
             packs[entry.name] = pack_path
             continue
         from .runner import seed_everything  # late: runner imports this module
@@ -52,8 +53,8 @@ def pretrain_experts(recipe, registry, run_dir: Path, ctx: DistContext, resume: 
         dataset = adapter.slice_dataset(backbone.image_size)
         teacher = _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, show_progress)
         task = registry.get("pretext", entry.pretext.name).build(entry.pretext, backbone=backbone, teacher=teacher)
-        console.print(f"expert [bold]{entry.name}[/]: {entry.pretext.name} on {len(dataset)} unlabelled slices"
-                      + (f", teacher {entry.teacher.name}" if entry.teacher else ", no teacher"))
+        console.print(f"expert [bold]{escape(entry.name)}[/]: {escape(entry.pretext.name)} on {len(dataset)} unlabelled slices"
+                      + (f", teacher {escape(entry.teacher.name)}" if entry.teacher else ", no teacher"))
         result = train(task, dataset, recipe.train, recipe.run.seed, run_dir / STAGES_DIR / entry.name, ctx,
                        resume and (run_dir / STAGES_DIR / entry.name).exists(),
                        {"stage": "pretrain", "expert": entry.name}, show_progress)
@@ -63,8 +64,8 @@ def pretrain_experts(recipe, registry, run_dir: Path, ctx: DistContext, resume: 
                 teacher_cpt=bool(entry.teacher and entry.teacher.cpt), data_fingerprint=data_id)
             save_expert_pack(pack_path, pack.tensors, {**pack.header, "recipe_fingerprint": key,
                                                        "steps": result.steps, "final_loss": result.final_loss})
-            console.print(f"expert [bold]{entry.name}[/]: {result.steps} steps, final loss "
-                          f"{result.final_loss:.4f} -> {pack_path}")
+            console.print(f"expert [bold]{escape(entry.name)}[/]: {result.steps} steps, final loss "
+                          f"{result.final_loss:.4f} -> {escape(str(pack_path))}")
         packs[entry.name] = pack_path
     return packs
 
@@ -79,9 +80,9 @@ def _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, s
     key = fingerprint(entry.teacher, recipe.train, recipe.run.seed, data_id)
     path = run_dir / TEACHERS_DIR / f"{entry.name}-{entry.teacher.name}.safetensors"
     if path.exists() and read_header(path).get("recipe_fingerprint") == key:
-        console.print(f"teacher {entry.teacher.name}: reusing continual pre-training {path}")
+        console.print(f"teacher {escape(entry.teacher.name)}: reusing continual pre-training {escape(str(path))}")
     else:
-        console.print(f"teacher {entry.teacher.name}: continual pre-training for {entry.teacher.cpt_epochs} epoch(s)")
+        console.print(f"teacher {escape(entry.teacher.name)}: continual pre-training for {entry.teacher.cpt_epochs} epoch(s)")
         schedule = recipe.train.model_copy(update={"epochs": entry.teacher.cpt_epochs})
         train(teacher.cpt_objective(), dataset, schedule, recipe.run.seed,
               run_dir / STAGES_DIR / f"{entry.name}-teacher", ctx, False, {"stage": "teacher-cpt"}, show_progress)
@@ -108,7 +109,7 @@ def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: boo
     task = registry.get("pretext", recipe.base_pretraining.pretext.name).build(
         recipe.base_pretraining.pretext, backbone=backbone, teacher=None)
     dataset = adapter.slice_dataset(backbone.image_size)
-    console.print(f"base encoder: {recipe.base_pretraining.pretext.name} from scratch on {len(dataset)} "
+    console.print(f"base encoder: {escape(recipe.base_pretraining.pretext.name)} from scratch on {len(dataset)} "
                   f"unlabelled slices, {sum(p.numel() for p in task.parameters() if p.requires_grad) / 1e6:.2f} M "
                   "trainable parameters")
     result = train(task, dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume,
@@ -122,7 +123,7 @@ def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: boo
                   "data_fingerprint": fingerprint(recipe.data, adapter.cases("train")), "steps": result.steps,
                   "final_loss": result.final_loss, "samora_kit_version": __version__}
         _, digest = save_sam_layout(path, backbone.encoder_state_in_official_layout(), header)
-        console.print(f"base encoder: {result.steps} steps, final loss {result.final_loss:.4f} -> {path}\n"
+        console.print(f"base encoder: {result.steps} steps, final loss {result.final_loss:.4f} -> {escape(str(path))}\n"
                       f"use it with backbone.checkpoint = \"{path}\" (sha256 {digest})")
     return path
 

@@ -10,6 +10,7 @@ RecipeError with key paths and did-you-mean hints.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -155,15 +156,24 @@ def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ())
 def _read_with_bases(path: Path, seen: list[Path]) -> dict:
     """The recipe's tables merged over those of its `base` recipe (a path relative to it)."""
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         where = f" (base of {seen[-1]})" if seen else ""
         raise RecipeError(str(path), [f"no such recipe file{where}"]) from None
+    except IsADirectoryError:
+        raise RecipeError(str(path), ["is a folder; expected a recipe file (TOML)"]) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(str(path), [f"not UTF-8 text (byte {exc.start}); a recipe is a TOML file"]) from None
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
+        raise RecipeError(str(path), [toml_problem(text, exc)]) from None
     base = raw.pop("base", None)
     if base is None:
         return raw
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(str(path), [f"base = {base!r}: expected the path of another recipe file, as a string"])
     base_path = (path.parent / base).resolve()
     if base_path in seen:
         raise RecipeError(str(path), [f"base = {base!r} makes a cycle: {' -> '.join(map(str, seen))}"])
@@ -186,9 +196,25 @@ def parse_recipe_text(text: str, registry: Registry, source: str = "<recipe>"):
         raw = tomllib.loads(text)
         return recipe_model(registry).model_validate(raw)
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(source, [f"not valid TOML: {exc}"]) from None
+        raise RecipeError(source, [toml_problem(text, exc)]) from None
     except ValidationError as exc:
         raise RecipeError(source, [_describe(e, raw, registry) for e in exc.errors()]) from None
+
+
+def toml_problem(text: str, exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's message, plus the key when a key or table is given twice (tomllib names only the line)."""
+    message = f"not valid TOML: {exc}"
+    found = re.search(r"at line (\d+)", str(exc))
+    if not found or not str(exc).startswith(("Cannot overwrite a value", "Cannot declare")):
+        return message
+    lines = text.splitlines()
+    number = int(found.group(1))
+    line = lines[number - 1].strip() if number <= len(lines) else ""
+    if line.startswith("["):
+        return f"{message}: table {line} appears twice"
+    table = next((ln.strip().strip("[]") for ln in reversed(lines[:number - 1]) if ln.strip().startswith("[")), "")
+    key = line.split("=", 1)[0].strip()
+    return f"{message}: key {f'{table}.' if table else ''}{key} is given twice"
 
 
 def dump_recipe(recipe: BaseModel) -> str:

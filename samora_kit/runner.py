@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .data.slices import SliceDataset
-from .errors import CheckpointError, SamoraError
+from .errors import CheckpointError, DataError, SamoraError
 from .eval.evaluate import comparison_table, evaluate, summary_table
 from .plugins import default_plugins
 from .pretrain import pretrain_base, pretrain_experts
 from .recipe import dump_recipe, load_recipe, parse_recipe_text
 from .train.distributed import init_distributed, shutdown
+from .train.lock import run_folder_lock
 from .train.loop import train
 from .train.losses import DiceCELoss
 from .train.model import SegmentationModel, SegmentationObjective, build_dataset, build_model
@@ -41,56 +44,77 @@ def run(recipe_path: Path, overrides: list[str], resume: bool, argv: list[str],
     plugins = default_plugins()
     recipe = load_recipe(recipe_path, plugins.registry, overrides)
     ctx = init_distributed(recipe.run.device)
-    if recipe.experts:
-        try:
+    run_dir = run_dir_of(recipe)
+    try:
+        if recipe.experts:
             _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress)
-            return run_dir_of(recipe)
-        finally:
-            shutdown()
-    if recipe.base_pretraining is not None:
-        try:
-            run_dir = run_dir_of(recipe)
-            if ctx.is_main:
-                write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
-            seed_everything(recipe.run.seed)
-            pretrain_base(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress)
             return run_dir
-        finally:
-            shutdown()
+        with _owned(run_dir, ctx):
+            if recipe.base_pretraining is not None:
+                if ctx.is_main:
+                    write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
+                seed_everything(recipe.run.seed)
+                pretrain_base(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress)
+                return run_dir
+            summary, class_names = _segmentation(recipe, plugins, ctx, resume, argv, console, show_progress)
+    finally:
+        shutdown()
+    if recipe.compare is not None and ctx.is_main:
+        _compare(recipe, summary, class_names, plugins, argv, console, show_progress, ctx)
+    return run_dir
+
+
+def _segmentation(recipe, plugins, ctx, resume, argv, console, show_progress) -> tuple[dict | None, list[str]]:
+    """Train and evaluate a segmentation recipe in its (locked) run folder; (summary, class names)."""
     if recipe.pretrain is not None:
         _fill_packs_from_pretraining(recipe, plugins, ctx, argv, console, show_progress)
     resolved = dump_recipe(recipe)
     run_dir = run_dir_of(recipe)
     _check_run_dir(run_dir, resolved, resume)
-    try:
-        seed_everything(recipe.run.seed)
-        adapter = build_dataset(recipe, plugins.registry)
-        volumes = [adapter.load_case(c) for c in adapter.cases("train")]
-        model = build_model(recipe, plugins.registry, adapter.num_classes)
-        dataset = SliceDataset(volumes, model.image_size, recipe.train.augment, recipe.run.seed,
-                               recipe.train.foreground_only)
-        if ctx.is_main:  # only once data and model are known to be good
-            write_run_files(run_dir, resolved, environment(ctx.device, plugins.sources), argv)
-            console.print(f"[bold]{recipe.run.name}[/]: {len(volumes)} training volumes, {len(dataset)} slices, "
-                          f"{_count(model)} on {ctx.device}; run folder {run_dir}")
-        header = {"samora_kit_version": __version__, "recipe": resolved,
-                  "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
-        objective = _objective(model, recipe.train)
-        result = train(objective, dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume, header,
-                       show_progress)
-        if ctx.is_main:
-            weights = save_weights(run_dir / WEIGHTS_FILE, model.weights_to_save(),
-                                   {**header, "kind": "model-weights", "step": result.steps})
-            console.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; weights {weights}")
-            summary = evaluate(model, adapter, recipe.eval.policies, run_dir / "eval",
-                               recipe.eval.batch_size, ctx.device, recipe.eval.overlays, console)
-            console.print(summary_table(summary, adapter.class_names, f"{recipe.run.name}: test set"))
-            console.print(f"reports: {run_dir / 'eval'}")
-    finally:
-        shutdown()
-    if recipe.compare is not None and ctx.is_main:
-        _compare(recipe, summary, adapter.class_names, plugins, argv, console, show_progress, ctx)
-    return run_dir
+    seed_everything(recipe.run.seed)
+    adapter = build_dataset(recipe, plugins.registry)
+    volumes = [adapter.load_case(c) for c in adapter.cases("train")]
+    check_training_labels(volumes, console)
+    model = build_model(recipe, plugins.registry, adapter.num_classes)
+    dataset = SliceDataset(volumes, model.image_size, recipe.train.augment, recipe.run.seed,
+                           recipe.train.foreground_only)
+    if ctx.is_main:  # only once data and model are known to be good
+        write_run_files(run_dir, resolved, environment(ctx.device, plugins.sources), argv)
+        console.print(f"[bold]{escape(recipe.run.name)}[/]: {len(volumes)} training volumes, {len(dataset)} slices, "
+                      f"{_count(model)} on {ctx.device}; run folder {escape(str(run_dir))}")
+    header = {"samora_kit_version": __version__, "recipe": resolved,
+              "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
+    result = train(_objective(model, recipe.train), dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume,
+                   header, show_progress)
+    if not ctx.is_main:
+        return None, adapter.class_names
+    weights = save_weights(run_dir / WEIGHTS_FILE, model.weights_to_save(),
+                           {**header, "kind": "model-weights", "step": result.steps})
+    console.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; weights {escape(str(weights))}")
+    summary = evaluate(model, adapter, recipe.eval.policies, run_dir / "eval",
+                       recipe.eval.batch_size, ctx.device, recipe.eval.overlays, console)
+    console.print(summary_table(summary, adapter.class_names, f"{recipe.run.name}: test set"))
+    console.print(f"reports: {escape(str(run_dir / 'eval'))}")
+    return summary, adapter.class_names
+
+
+def check_training_labels(volumes, console: Console) -> None:
+    """An empty label map is worth a warning; a training set of nothing but empty ones is an error."""
+    def name(volume) -> str:
+        return volume.meta.get("label_source") or volume.source or volume.case_id
+
+    empty = [v for v in volumes if v.label is not None and not v.label.any()]
+    if volumes and len(empty) == len(volumes):
+        raise DataError(f"every training label is empty ({', '.join(name(v) for v in empty[:3])}"
+                        f"{', ...' if len(empty) > 3 else ''}): there is nothing to learn; check the label files")
+    for volume in empty:
+        console.print(f"[yellow]warning:[/] {escape(name(volume))}: the label map is empty (background only)",
+                      soft_wrap=True)
+
+
+def _owned(run_dir: Path, ctx):
+    """The run folder's lock, held by the main process (the other ranks write nothing there)."""
+    return run_folder_lock(run_dir) if ctx.is_main else nullcontext()
 
 
 def _objective(model: SegmentationModel, train_cfg) -> torch.nn.Module:
@@ -113,7 +137,7 @@ def _compare(recipe, summary, class_names, plugins, argv, console, show_progress
         report = other_dir / "eval" / "summary.json"
         finished = report.exists() and (other_dir / RECIPE_FILE).read_text() == dump_recipe(other)
         if finished:
-            console.print(f"compare: reusing the finished run {other_dir}")
+            console.print(f"compare: reusing the finished run {escape(str(other_dir))}")
         else:
             run(path, [], (other_dir / STATE_FILE).exists(), argv, console, show_progress)
         summaries[other.run.name] = json.loads(report.read_text())
@@ -125,11 +149,12 @@ def _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress,
                      only: list[str] | None = None) -> dict[str, Path]:
     """Stage 1 in its own run folder; returns {expert name: pack path}."""
     run_dir = run_dir_of(recipe)
+    with _owned(run_dir, ctx):
+        if ctx.is_main:
+            write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
+        packs = pretrain_experts(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress, only)
     if ctx.is_main:
-        write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
-    packs = pretrain_experts(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress, only)
-    if ctx.is_main:
-        console.print("expert packs:\n" + "\n".join(f"  {name}: {path}" for name, path in packs.items()))
+        console.print("expert packs:\n" + "\n".join(f"  {escape(name)}: {escape(str(path))}" for name, path in packs.items()))
     return packs
 
 

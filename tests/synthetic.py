@@ -102,6 +102,22 @@ log_every = 1
 {tail}"""
 
 
+# the three experts of SAMora's stage 1, sized for the tiny SAM (append to pool_recipe's text)
+STAGE1_EXPERTS = """
+[[experts]]
+name = "image"
+pretext = { name = "simclrv2", hidden_dim = 32 }
+
+[[experts]]
+name = "patch"
+pretext = { name = "mae", hidden_dim = 32 }
+
+[[experts]]
+name = "pixel"
+pretext = { name = "denoise", decoder_channels = [16, 16, 8, 8] }
+"""
+
+
 def make_synapse(root: Path) -> Path:
     """TransUNet's Synapse layout: train_npz/<slice>.npz, test_vol_h5/<case>.npy.h5, lists/ (train.txt,
     a 2-slice subset train_2.txt, test_vol.txt)."""

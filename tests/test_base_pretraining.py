@@ -1,5 +1,6 @@
 """A base encoder pre-trained by the kit itself, then used as a backbone checkpoint."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ def test_base_encoder_is_self_pretrained_and_loads_as_a_backbone(tmp_path):
     assert header["origin"] == "self-pre-trained" and header["format"] == "sam-encoder"
     assert "SAM" not in header["origin"] and header["steps"] == 4
     assert Path(f"{base}.sha256").read_text().split()[0]
+    first = json.loads((tmp_path / "base" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "lr" in first and "lr_lora" not in first  # the encoder trains at train.lr; its zero LoRA stays frozen
 
     tensors, _ = load_weights(base)
     torch.manual_seed(5)  # the random encoder the base run started from

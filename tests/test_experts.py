@@ -393,6 +393,14 @@ def test_experts_need_a_fuser_and_valid_names():
         config(experts={"names": []})
     with pytest.raises(ValidationError):
         config(experts={"names": ["image"], "scope": "mlp"})
+    class NoMask(nn.Module):  # a fuser written before the padding mask existed
+        merges_lora = False
+
+        def forward(self, deltas):
+            return deltas.sum(0)
+
+    with pytest.raises(SamoraError, match=r"NoMask\.forward must accept the keyword `valid`"):
+        stage2(lambda dim, heads, names: NoMask())
     # unpacked experts start as SAMed LoRA: B = 0, so stage 2 begins at the frozen encoder
     backbone = stage2(SumFuser, 64)
     assert all(not v.any() for k, v in backbone.expert_state("patch").items() if ".lora_b." in k)

@@ -301,6 +301,16 @@ def test_config_errors_name_the_value_and_what_was_expected(tmp_path):
         Sam2BackboneConfig(config_file=tmp_path / "bad.yaml")
 
 
+def test_a_config_that_reads_the_environment_is_refused_without_printing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMORA_TEST_SECRET", "hunter2")
+    text = (importlib.resources.files("sam2") / "configs/sam2.1/sam2.1_hiera_t.yaml").read_text()
+    (tmp_path / "env.yaml").write_text(text.replace("embed_dim: 96", "embed_dim: ${oc.env:SAMORA_TEST_SECRET}", 1))
+    with pytest.raises(SamoraError, match=r"env\.yaml: model\.image_encoder\.trunk\.embed_dim calls an OmegaConf "
+                                          r"resolver") as caught:
+        Sam2BackboneConfig(config_file=tmp_path / "env.yaml")
+    assert "hunter2" not in str(caught.value)
+
+
 def test_an_explicit_config_file_builds_that_architecture(tmp_path):
     text = (importlib.resources.files("sam2") / "configs/sam2.1/sam2.1_hiera_t.yaml").read_text()
     (tmp_path / "t.yaml").write_text(text)

@@ -14,25 +14,10 @@ from samora_kit.runner import load_run, run
 from samora_kit.train.model import build_model
 from samora_kit.weights.expert_pack import load_expert_pack
 
-from .synthetic import pool_recipe, tiny_recipe, write_decathlon
+from .synthetic import STAGE1_EXPERTS, pool_recipe, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-STAGE1_EXPERTS = """
-[[experts]]
-name = "image"
-pretext = { name = "simclrv2", hidden_dim = 32 }
-
-[[experts]]
-name = "patch"
-pretext = { name = "mae", hidden_dim = 32 }
-
-[[experts]]
-name = "pixel"
-pretext = { name = "denoise", decoder_channels = [16, 16, 8, 8] }
-"""
 
 
 def _stage1_recipe(tmp_path: Path, data: Path) -> Path:

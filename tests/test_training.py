@@ -1,5 +1,6 @@
 """The training loop: distributed equivalence, exact resume after a kill, divergence."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import torch
 from samora_kit.errors import TrainingDiverged
 from samora_kit.weights.io import load_weights
 
-from .synthetic import tiny_recipe, write_decathlon
+from .synthetic import STAGE1_EXPERTS, pool_recipe, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "samora_kit.cli"]
@@ -65,6 +66,13 @@ def test_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path):
     # summation order differs, and AdamW magnifies that noise where gradients are ~0 (attention
     # key biases); 1e-4 is still 50x below one step of lr 0.005, so a wrong shard would show
     _assert_same(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-4)
+    # the logged loss, CE and Dice are the global batch's (averaged over ranks), not rank 0's half
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) == 8
+    for a, b in zip(rows["one"], rows["two"]):
+        for key in ("loss", "ce", "dice"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
 
 
 def test_rerun_into_existing_run_folder_is_refused(tmp_path):
@@ -107,3 +115,46 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(tmp_path, m
     assert header["step"] == 2
     assert all(torch.isfinite(t).all() for t in state.values())
     assert not (run_dir / "weights.safetensors").exists()
+
+
+def test_stage1_resumed_after_a_kill_mid_epoch_gives_bit_identical_expert_packs(tmp_path):
+    """Pretext tasks draw views, masks and noise from the global generators: their states travel with
+    the training state, so the resumed run draws what the uninterrupted one drew."""
+    data = write_decathlon(tmp_path / "data", n_cases=4)
+    for name in ("full", "killed"):
+        (tmp_path / f"{name}.toml").write_text(pool_recipe(data, tmp_path / name, seed=3, max_steps=6, tail=STAGE1_EXPERTS))
+    overrides = ["train.checkpoint_every=2", "train.epochs=2"]  # 32 slices / 4: 8 steps per epoch, cut to 6
+    full = _run(CLI + ["run", str(tmp_path / "full.toml"), *overrides])
+    assert full.returncode == 0, full.stderr
+    # the first expert is killed at step 5 (its state holds step 4); the other two have not started
+    killed = _run(CLI + ["run", str(tmp_path / "killed.toml"), *overrides], {"SAMORA_KIT_TEST_KILL_AT_STEP": "5"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run(CLI + ["run", str(tmp_path / "killed.toml"), *overrides, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    for expert in ("image", "patch", "pixel"):
+        full_pack, _ = load_weights(tmp_path / "full" / "experts" / f"{expert}.safetensors")
+        resumed_pack, _ = load_weights(tmp_path / "killed" / "experts" / f"{expert}.safetensors")
+        _assert_same(full_pack, resumed_pack)
+
+
+@pytest.mark.parametrize("target, count", [("last.safetensors", 2), ("weights.safetensors", 1), ("summary.json", 1)])
+def test_a_kill_inside_a_save_loses_nothing_and_resume_finishes_the_run(tmp_path, target, count):
+    """Killed between writing a file's temporary copy and renaming it over the file: the old file is
+    intact, and `--resume` removes the temporary file and ends with the uninterrupted run's weights."""
+    full = _run(CLI + ["run", str(_recipe(tmp_path, "full"))])
+    assert full.returncode == 0, full.stderr
+    recipe = _recipe(tmp_path, "killed")
+    armed = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "kill_in_save"), os.environ.get("PYTHONPATH", "")]),
+             "SAMORA_KIT_TEST_KILL_SAVING": target, "SAMORA_KIT_TEST_KILL_SAVE_COUNT": str(count)}
+    killed = _run(CLI + ["run", str(recipe)], armed)
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = tmp_path / "killed"
+    assert len(list(run_dir.rglob(f".{target}.*.tmp"))) == 1  # the save the kill interrupted
+    if target == "last.safetensors":  # the state of the previous save is whole
+        assert load_weights(run_dir / "checkpoints" / "last.safetensors")[1]["step"] == 2
+    resumed = _run(CLI + ["run", str(recipe), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "removed 1 temporary file(s) of interrupted saves" in " ".join(resumed.stderr.split())
+    assert not list(run_dir.rglob(".*.tmp"))
+    _assert_same(_weights(tmp_path / "full"), _weights(run_dir))
+    assert (run_dir / "eval" / "summary.json").exists()

@@ -93,17 +93,35 @@ class _Pickled:
     weights = torch.zeros(1)
 
 
-@pytest.mark.parametrize("content, reason", [("pickled object", "pickles Python objects other than tensors"),
-                                             ("garbage bytes", "not a PyTorch checkpoint, or a corrupted one")])
+class _Malicious:
+    """Unpickling it would call os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("pickled object", r"refused: it pickles a Python object \(tests\.test_weights_import\._Pickled\) .* would run code"),
+    ("malicious pickle", r"refused: it pickles a Python object \(posix\.system\) .* would run code"),
+    ("garbage bytes", "not a PyTorch checkpoint, or a corrupted one")])
 def test_import_refuses_a_file_that_is_not_a_weights_only_checkpoint(tmp_path, content, reason):
     src = tmp_path / "model.pth"
+    marker = tmp_path / "it-ran"
     if content == "pickled object":
         torch.save(_Pickled(), src)
+    elif content == "malicious pickle":
+        torch.save({"model": _Malicious(marker)}, src)
     else:
         src.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=rf"model\.pth: cannot be loaded as a weights-only .*{reason}.*"
                                               r"expected an official segment-anything checkpoint"):
         import_sam_checkpoint(src, tmp_path / "out.safetensors")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
 
 
 def test_corrupted_safetensors_file_is_refused(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from samora_kit.data.intensity import normalise
-from samora_kit.data.nifti import read_nifti
+from samora_kit.data.nifti import check_same_geometry, read_nifti
 from samora_kit.data.volume import Volume
 from samora_kit.errors import DataError
 from samora_kit.registry import did_you_mean
@@ -47,9 +47,10 @@ class DecathlonDataset(SplitCases):
             raise DataError(f"{self.root / 'dataset.json'}: no case {case_id!r}{did_you_mean(case_id, self.pairs)}")
         image_path, label_path = self.pairs[case_id]
         axis = self.config.slice_axis
-        image, spacing, _ = read_nifti(image_path, axis)  # Z, H, W
-        label, _, _ = read_nifti(label_path, axis)        # Z, H, W
+        image, spacing, image_file = read_nifti(image_path, axis)  # Z, H, W
+        label, _, label_file = read_nifti(label_path, axis)        # Z, H, W
         check_same_shape(image, label, str(image_path), str(label_path))
+        check_same_geometry(image_file, label_file, image_path, label_path)
         return Volume(case_id=case_id,
                       image=normalise(image, self.config.intensity, self.modality, str(image_path)),
                       label=checked_label(label, self.num_classes, str(label_path)),

@@ -75,8 +75,9 @@ class ExpertHost:
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The fusers' and the LoRA's trainable parameters, each group with its own recipe lr."""
+        lora = [p for layer in self.lora_layers().values() for ab in (layer.lora_a, layer.lora_b) for p in ab.parameters()]
         groups = {"fuser": [p for f in self.fusers().values() for p in f.parameters() if p.requires_grad],
-                  "lora": [p for layer in self.lora_layers().values() for p in layer.parameters() if p.requires_grad]}
+                  "lora": [p for p in lora if p.requires_grad]}  # not the frozen qkv it wraps (base pre-training trains that)
         return {name: params for name, params in groups.items() if params}
 
     def record_diagnostics(self, enabled: bool) -> None:

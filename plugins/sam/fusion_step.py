@@ -49,8 +49,8 @@ def fuse_attention(block: nn.Module, variants: torch.Tensor, projection: nn.Line
                    valid: torch.Tensor | None) -> torch.Tensor:
     """variants: V = K+1, N, L, C_in before `projection` -> N, L, C_out, the block's attention output."""
     fuser, state = block.fuser, block.fusion
-    frozen, experts = variants.split([1, variants.shape[0] - 1])  # split: no zero-filled select grads
-    frozen = frozen[0]
+    frozen, experts = variants.split([1, variants.shape[0] - 1])  # split, squeeze: no zero-filled gradients
+    frozen = frozen.squeeze(0)
     if state.folded:
         fused = run_fuser(fuser, experts - frozen, valid)
         if fuser.output_before_projection:
@@ -60,8 +60,8 @@ def fuse_attention(block: nn.Module, variants: torch.Tensor, projection: nn.Line
             return out
         frozen_out = projection(frozen)
     else:
-        projected = projection(variants)
-        frozen_out, experts_out = projected[0], projected[1:]
+        frozen_out, experts_out = projection(variants).split([1, variants.shape[0] - 1])
+        frozen_out = frozen_out.squeeze(0)
         fused = run_fuser(fuser, experts_out - frozen_out, valid)
     if state.recording:
         record_ratio(state, fused, frozen_out, valid)

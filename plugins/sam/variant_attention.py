@@ -104,7 +104,7 @@ def low_rank_variants_attention(attn: Attention, q0: torch.Tensor, u: torch.Tens
     hd = dim // heads
     h, w = hw
     qh = q0.view(n, length, heads, hd).transpose(1, 2)  # n, heads, L, hd
-    kh = k[0].view(n, length, heads, hd).permute(0, 2, 3, 1)  # n, heads, hd, L
+    kh = k.squeeze(0).view(n, length, heads, hd).permute(0, 2, 3, 1)  # n, heads, hd, L
     bh = b.view(experts, heads, hd, rank)  # rows of b that make each head's q
     lhs0, rhs0 = qh * attn.scale, kh
     lhs = u.unsqueeze(2).expand(-1, -1, heads, -1, -1)  # E, n, heads, L, r
@@ -121,11 +121,12 @@ def low_rank_variants_attention(attn: Attention, q0: torch.Tensor, u: torch.Tens
         lhs = torch.cat([lhs, rel], dim=-1)
         rhs = torch.cat([rhs, onehot.expand(experts, n, heads, -1, -1)], dim=-2)
     frozen = torch.matmul(lhs0, rhs0).flatten(0, 1)  # n*heads, L, L
-    vh = v.view(v.shape[0], n, length, heads, hd).transpose(2, 3).flatten(1, 2)  # V or 1, n*heads, L, hd
-    outs = [torch.bmm(frozen.softmax(dim=-1), vh[0])]
-    for e in range(experts):  # S_0 + correction in one baddbmm per expert
-        logits = torch.baddbmm(frozen, lhs[e].flatten(0, 1), rhs[e].flatten(0, 1))
-        outs.append(torch.bmm(logits.softmax(dim=-1), vh[e + 1 if vh.shape[0] > 1 else 0]))
+    # unbind, not indexing: an indexed slice's gradient is a zero-filled tensor of the whole, per expert
+    values = v.view(v.shape[0], n, length, heads, hd).transpose(2, 3).flatten(1, 2).unbind(0)  # n*heads, L, hd
+    outs = [torch.bmm(frozen.softmax(dim=-1), values[0])]
+    for e, (lhs_e, rhs_e) in enumerate(zip(lhs.unbind(0), rhs.unbind(0))):  # S_0 + correction, one baddbmm each
+        logits = torch.baddbmm(frozen, lhs_e.flatten(0, 1), rhs_e.flatten(0, 1))
+        outs.append(torch.bmm(logits.softmax(dim=-1), values[e + 1 if len(values) > 1 else 0]))
     out = torch.stack(outs).view(experts + 1, n, heads, length, hd)
     return out.transpose(2, 3).reshape(experts + 1, n, length, dim)
 

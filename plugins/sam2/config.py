@@ -6,6 +6,7 @@ from the installed sam2 package's files (never Hydra's search path), or a tiny o
 from __future__ import annotations
 
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,9 @@ HIERA_DEFAULTS = {"embed_dim": 96, "num_heads": 1, "stages": [2, 3, 16, 3], "win
                   "global_att_blocks": [12, 16, 20], "q_pool": 3}
 
 
+RESOLVER_CALL = re.compile(r"\$\{\s*[A-Za-z_][\w.]*\s*:")  # ${oc.env:HOME}; not ${scratch.resolution}
+
+
 def config_source(variant: str, config_file: Path | None) -> str:
     """Human-readable name of where the architecture comes from."""
     if config_file is not None:
@@ -67,12 +71,25 @@ def image_encoder_node(variant: str, config_file: Path | None = None) -> DictCon
     node = OmegaConf.select(root, "model.image_encoder") if isinstance(root, DictConfig) else None
     if not isinstance(node, DictConfig):
         raise SamoraError(f"{source}: has no model.image_encoder mapping; expected a sam2 model config")
+    resolver = _first_resolver(OmegaConf.to_container(node, resolve=False), "model.image_encoder")
+    if resolver is not None:  # ${oc.env:...} and friends would read the environment (and print it in errors)
+        raise SamoraError(f"{source}: {resolver} calls an OmegaConf resolver; a model config may refer to its own "
+                          "keys (${a.b}) but not to resolvers such as oc.env")
     for key, target in (("trunk", HIERA_TARGET), ("neck", NECK_TARGET)):
         sub = node.get(key)
         if not isinstance(sub, DictConfig) or sub.get("_target_") != target:
             found = sub.get("_target_") if isinstance(sub, DictConfig) else sub
             raise SamoraError(f"{source}: model.image_encoder.{key}._target_ is {found!r}, expected {target!r}")
     return node
+
+
+def _first_resolver(value, where: str) -> str | None:
+    """The key path of the first string that calls a resolver (${name:...}), without its value."""
+    if isinstance(value, dict):
+        return next((found for k, v in value.items() if (found := _first_resolver(v, f"{where}.{k}"))), None)
+    if isinstance(value, list):
+        return next((found for i, v in enumerate(value) if (found := _first_resolver(v, f"{where}[{i}]"))), None)
+    return where if isinstance(value, str) and RESOLVER_CALL.search(value) else None
 
 
 def trunk_values(node: DictConfig) -> dict:

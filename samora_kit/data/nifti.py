@@ -42,6 +42,19 @@ def read_nifti(path: str | Path, slice_axis: int = 2) -> tuple[np.ndarray, tuple
     return np.ascontiguousarray(np.moveaxis(data, slice_axis, 0)), _slices_first(zooms, slice_axis), image
 
 
+def check_same_geometry(image: nib.Nifti1Image, label: nib.Nifti1Image, image_path: str | Path,
+                        label_path: str | Path) -> None:
+    """A label must lie on its image's grid (as nnU-Net checks): the same affine (spacing, origin,
+    direction) within 1e-3 mm; DataError naming both files and both geometries otherwise."""
+    a, b = np.asarray(image.affine, float), np.asarray(label.affine, float)
+    if not np.allclose(a, b, rtol=1e-4, atol=1e-3):
+        def geometry(affine: np.ndarray) -> str:
+            spacing = np.linalg.norm(affine[:3, :3], axis=0)
+            return f"spacing {tuple(round(float(x), 4) for x in spacing)}, origin {tuple(round(float(x), 3) for x in affine[:3, 3])}"
+        raise DataError(f"{label_path}: the label's geometry ({geometry(b)}) differs from its image {image_path} "
+                        f"({geometry(a)}); resample the label onto the image's grid")
+
+
 def write_nifti_like(reference_image: nib.Nifti1Image, array_zhw: np.ndarray, slice_axis: int,
                      path: str | Path) -> Path:
     """Write array_zhw (as read_nifti returned it) with the reference's affine and header, atomically."""

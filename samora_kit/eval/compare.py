@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 from scipy.stats import wilcoxon
 
@@ -58,12 +59,12 @@ def paired_tests(run_a: Path, run_b: Path, policy: str = "transunet") -> list[Pa
 
 
 def paired_table(results: list[PairedResult], name_a: str, name_b: str, policy: str) -> Table:
-    table = Table(title=f"{name_b} vs {name_a}, {policy} policy: Wilcoxon signed-rank across test volumes")
+    table = Table(title=escape(f"{name_b} vs {name_a}, {policy} policy: Wilcoxon signed-rank across test volumes"))
     for column in ("class", "metric", "n", name_a, name_b, "mean B − A", "p"):
-        table.add_column(column, justify="left" if column in ("class", "metric") else "right", overflow="fold")
+        table.add_column(escape(column), justify="left" if column in ("class", "metric") else "right", overflow="fold")
     for r in results:
         scale = 100 if r.metric == "dice" else 1
-        table.add_row(r.cls, "Dice %" if r.metric == "dice" else "HD95", str(r.n), f"{r.mean_a * scale:.2f}",
+        table.add_row(escape(r.cls), "Dice %" if r.metric == "dice" else "HD95", str(r.n), f"{r.mean_a * scale:.2f}",
                       f"{r.mean_b * scale:.2f}", f"{r.mean_difference * scale:+.2f}",
                       "n/a" if math.isnan(r.p_value) else f"{r.p_value:.3g}")
     return table

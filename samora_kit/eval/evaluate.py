@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..weights.io import atomic_write_text
@@ -29,7 +30,7 @@ def evaluate(model, adapter, policies: list[str], out_dir: Path, batch_size: int
     cases = adapter.cases("test")
     with console.status(f"evaluating {len(cases)} test volumes") as status:
         for i, case_id in enumerate(cases):
-            status.update(f"evaluating {case_id} ({i + 1}/{len(cases)})")
+            status.update(f"evaluating {escape(case_id)} ({i + 1}/{len(cases)})")
             volume = adapter.load_case(case_id)
             prediction = predict_volume(model, volume.image, batch_size, device)
             for policy in policies:
@@ -51,7 +52,7 @@ def evaluate(model, adapter, policies: list[str], out_dir: Path, batch_size: int
 
 def summary_table(summary: dict, class_names: list[str], title: str = "test set") -> Table:
     """One row per class; Dice and HD95 under each policy, mean ± std over volumes."""
-    table = Table(title=title)
+    table = Table(title=escape(title))  # run names and class names are user text, not markup
     table.add_column("class")
     for policy, s in summary.items():
         unit = "vox" if policy == "transunet" else "mm"
@@ -62,7 +63,7 @@ def summary_table(summary: dict, class_names: list[str], title: str = "test set"
         for s in summary.values():
             entry = s["mean"] if name == "mean" else s["classes"][name]
             cells += [_pm(entry, "dice", 100), _pm(entry, "hd95", 1)]
-        table.add_row(name, *cells)
+        table.add_row(escape(name), *cells)
     table.caption = " ".join(s["policy_description"] for s in summary.values())
     return table
 
@@ -73,13 +74,13 @@ def comparison_table(summaries: dict[str, dict], class_names: list[str], policy:
     table = Table(title=f"test set, {policy} policy: Dice % | HD95 {unit}")
     table.add_column("class")
     for name in summaries:
-        table.add_column(name, justify="right", overflow="fold")
+        table.add_column(escape(name), justify="right", overflow="fold")
     for cls in class_names + ["mean"]:
         cells = []
         for s in summaries.values():
             entry = s[policy]["mean"] if cls == "mean" else s[policy]["classes"][cls]
             cells.append(f"{_pm(entry, 'dice', 100)} | {_pm(entry, 'hd95', 1)}")
-        table.add_row(cls, *cells)
+        table.add_row(escape(cls), *cells)
     return table
 
 

@@ -63,6 +63,16 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, float]:
+    """Scalars averaged over ranks in one all-reduce (each rank's local batch has the same size, so the
+    mean of the per-rank means is the global batch's value): what metrics.jsonl logs under torchrun."""
+    if ctx.world_size == 1 or not values:
+        return {k: float(v.detach()) for k, v in values.items()}
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()]).to(ctx.device)
+    dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / ctx.world_size).tolist()))
+
+
 def any_rank(flag: bool, ctx: DistContext) -> bool:
     if ctx.world_size == 1:
         return flag

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ..errors import SamoraError, TrainingDiverged
 from ..interfaces import Diagnostics
 from .checkpoint import load_training_state, save_training_state
-from .distributed import DistContext, any_rank, average_gradients
+from .distributed import DistContext, any_rank, average_gradients, mean_over_ranks
 from .optim import build_optimizer, lr_metric
 from .progress import MetricsLog, TrainingProgress
 from .runfolder import STATE_FILE
@@ -96,7 +96,7 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
                 optimizer.step()
                 step += 1
                 loss_value = losses["loss"].item()
-                values = {k: float(v.detach()) for k, v in losses.items()} | lrs
+                values = mean_over_ranks(losses, ctx) | lrs  # the global batch's values, not rank 0's
                 progress.update(step, epoch, values)
                 if recording:  # measured in this step's forward, before its update
                     values |= {k: float(v) for probe in probes for k, v in probe.diagnostics().items()}
@@ -120,4 +120,7 @@ def _epoch_batches(dataset, seed, epoch, position, steps_per_epoch, global_batch
     batches = [order[s * global_batch + rank * local_batch: s * global_batch + (rank + 1) * local_batch].tolist()
                for s in range(position, steps_per_epoch)]
     dataset.set_epoch(epoch)
-    yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+    # its own generator: a loader seeds its workers by drawing from the global RNG otherwise, and a run
+    # resumed mid-epoch (one more loader) would then draw differently from the uninterrupted one
+    workers_seed = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, generator=workers_seed)

@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..errors import WriteError, describe_os_error
 
 
 class TrainingProgress:
@@ -50,8 +53,18 @@ class MetricsLog:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            kept, torn = [], 0
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:  # a line a kill cut short
+                    torn += 1
+                    continue
+                if row is not None and row.get("step", 0) <= resume_step:
+                    kept.append(line)
+            if torn:
+                Console(stderr=True).print(f"{escape(str(self.path))}: dropped {torn} torn line(s) left by an "
+                                           "interrupted run", highlight=False)
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self._fh = open(self.path, "a")
         from torch.utils.tensorboard import SummaryWriter
@@ -61,11 +74,15 @@ class MetricsLog:
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._fh.write(json.dumps({"step": step, **values}) + "\n")
-        self._fh.flush()
-        for key, value in values.items():
-            if isinstance(value, (int, float)):
-                self._tb.add_scalar(f"train/{key}", value, step)
+        try:
+            self._fh.write(json.dumps({"step": step, **values}) + "\n")
+            self._fh.flush()
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"train/{key}", value, step)
+        except OSError as exc:
+            raise WriteError(f"{self.path.parent}: metrics.jsonl / tensorboard cannot be written "
+                             f"({describe_os_error(exc)}); the last checkpoint is kept, resume with --resume") from None
 
     def close(self) -> None:
         if self.enabled:

@@ -12,26 +12,44 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, WriteError, describe_os_error
 
 HEADER_KEY = "samora_kit"  # safetensors metadata key holding our JSON header
 
 
 def atomic_write(path: str | Path, write) -> Path:
-    """Call write(tmp_path), then move tmp over path: readers never see half a file."""
+    """Call write(tmp_path), then move tmp over path: readers never see half a file. A failure of the
+    file system (full disk, permissions) raises WriteError naming the file; the old file stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what a plain open() would
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        _discard(tmp)
+        raise WriteError(f"{path}: cannot be written ({describe_os_error(exc)})"
+                         + ("; the previous file is unchanged" if path.exists() else "")) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
         raise
     return path
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

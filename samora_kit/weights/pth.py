@@ -30,6 +30,9 @@ def load_pth_state_dict(path: Path, expected: str) -> dict:
 
 def _reason(exc: Exception) -> str:
     message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    if "Unsupported global" in message:
-        return "it pickles Python objects other than tensors and containers"
+    if re.search(r"unsupported global", message, re.IGNORECASE):  # torch has written it "Global" and "GLOBAL"
+        name = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", message, re.IGNORECASE)
+        what = f" ({name.group(1)})" if name else ""
+        return (f"refused: it pickles a Python object{what} other than tensors and containers, which would run "
+                "code when loaded")
     return f"not a PyTorch checkpoint, or a corrupted one: {type(exc).__name__}"
