@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
+        if args.command != "plugins":  # `plugins` lists them itself
+            _warn_about_broken_plugins()
         return args.func(args, console) or 0
     except RecipeError as exc:
         return _report("invalid recipe", exc, 2, debug)
@@ -53,6 +55,16 @@ def _report(label: str, exc: Exception, code: int, debug: bool, original: BaseEx
         raise original or exc
     Console(stderr=True, soft_wrap=True).print(f"[red]{label}[/] {escape(str(exc))}", highlight=False)
     return code
+
+
+def _warn_about_broken_plugins() -> None:
+    """Every command names the plugins that failed to load (a name clash between two packages included)."""
+    from .plugins import default_plugins
+
+    for failure in default_plugins().failures:
+        Console(stderr=True, soft_wrap=True).print(
+            f"[yellow]warning:[/] plugin {escape(failure.name)} ({escape(failure.distribution)}) failed to load: "
+            f"{escape(failure.error)}", highlight=False)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -57,7 +57,10 @@ class TrainSection(Strict):
     dice_weight: float = Field(0.8, ge=0)
     checkpoint_every: int = Field(200, ge=1)  # optimizer steps
     log_every: int = Field(10, ge=1)
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, nesterov
+    schedule: Literal["poly", "cosine", "constant"] = "poly"  # after the warm-up; poly is SAMed's
+    grad_clip: float | None = Field(None, gt=0)  # clip the gradients' global norm to this (None: no clipping)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU; fp16: CUDA, loss-scaled
     max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs, benchmarks)
     foreground_only: bool = False  # train only on slices that contain a label
     num_workers: int = Field(0, ge=0)  # data-loading processes per rank
@@ -141,7 +144,7 @@ def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ())
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
     path = Path(path)
     raw = _read_with_bases(path, [])
-    problems = [p for item in overrides for p in _apply_override(raw, item)]
+    problems = [p for item in _component_switches_first(list(overrides)) for p in _apply_override(raw, item)]
     recipe = None
     try:
         recipe = recipe_model(registry).model_validate(raw)
@@ -223,6 +226,8 @@ def dump_recipe(recipe: BaseModel) -> str:
 
 
 def _apply_override(raw: dict, item: str) -> list[str]:
+    """Set key.path=value in the raw recipe; a numeric part indexes a list (`experts.0.pretext.grid=2`).
+    Setting a component's `name` to another component drops the old one's keys."""
     if "=" not in item:
         return [f"override {item!r}: expected key.path=value"]
     key, value = item.split("=", 1)
@@ -230,23 +235,54 @@ def _apply_override(raw: dict, item: str) -> list[str]:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value
-    node = raw
+    node: Any = raw
     parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            return [f"override {key}: {part!r} is not a table"]
-    node[parts[-1]] = parsed
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return [f"override {key}: {'.'.join(parts[:depth]) or key} has {len(node)} entries; "
+                        f"expected an index 0..{len(node) - 1} at {where!r}"]
+            if last:
+                node[int(part)] = parsed
+            else:
+                node = node[int(part)]
+        elif not isinstance(node, dict):
+            return [f"override {key}: {'.'.join(parts[:depth])!r} is not a table"]
+        elif last:
+            if part == "name" and depth and parts[depth - 1] in COMPONENT_KEYS and node.get("name") not in (None, parsed):
+                node.clear()  # another component: the old one's keys mean nothing to it
+            node[part] = parsed
+        else:
+            node = node.setdefault(part, {})
     return []
+
+
+def _component_switches_first(overrides: list[str]) -> list[str]:
+    """`fuser.name=lac fuser.init=0.5` and `fuser.init=0.5 fuser.name=lac` mean the same."""
+    def switches(item: str) -> bool:
+        parts = item.split("=", 1)[0].strip().split(".")
+        return len(parts) > 1 and parts[-1] == "name" and parts[-2] in COMPONENT_KEYS
+    return sorted(overrides, key=lambda item: not switches(item))
 
 
 def _check_plugins(raw: dict, registry: Registry) -> list[str]:
     from .plugins import default_plugins  # late: avoids a cycle
 
     required = (raw.get("plugins") or {}).get("require") or []
-    loaded = set(default_plugins().sources)
-    return [f"plugins.require: plugin {name!r} is not installed{did_you_mean(name, loaded)}"
-            for name in required if isinstance(name, str) and name not in loaded]
+    plugins = default_plugins()
+    failed = {f.name: f for f in plugins.failures}
+    problems = []
+    for name in required:
+        if not isinstance(name, str) or name in plugins.sources:
+            continue
+        if name in failed:
+            problems.append(f"plugins.require: plugin {name!r} ({failed[name].distribution}) is installed but failed "
+                            f"to load: {failed[name].error}")
+        else:
+            problems.append(f"plugins.require: plugin {name!r} is not installed{did_you_mean(name, plugins.sources)}")
+    return problems
 
 
 def _describe(err: dict, raw: dict, registry: Registry) -> str:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
 import nibabel as nib
 import numpy as np
+
+
+def armed(**switches: str) -> dict[str, str]:
+    """Environment for a subprocess with the test-only kill switches of tests/kill_switch armed, e.g.
+    armed(SAMORA_KIT_TEST_KILL_AT_STEP="7")."""
+    folder = str(Path(__file__).parent / "kill_switch")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (folder, os.environ.get("PYTHONPATH")) if p), **switches}
 
 
 def blob_case(rng: np.random.Generator, shape=(24, 24, 8)) -> tuple[np.ndarray, np.ndarray]:

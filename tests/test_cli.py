@@ -153,6 +153,23 @@ def test_overrides_show_up_in_the_resolved_recipe(recipe, capsys):
     assert resolved["eval"]["policies"] == ["strict"]
 
 
+def test_overrides_reach_list_items_and_a_switched_component_drops_the_old_keys(capsys):
+    stage1 = REPO / "recipes" / "fewshot" / "hippocampus_pretrain.toml"
+    code, out, err = _cli(capsys, "validate", stage1, "experts.0.pretext.hidden_dim=8", "experts.2.pretext.name=mae")
+    assert code == 0, err
+    experts = _resolved(out)["experts"]
+    assert experts[0]["pretext"]["hidden_dim"] == 8 and experts[0]["pretext"]["name"] == "simclrv2"
+    assert experts[2]["pretext"]["name"] == "mae" and "decoder_channels" not in experts[2]["pretext"]
+    code, _, err = _cli(capsys, "validate", stage1, "experts.3.name=x")
+    assert code == 2 and "override experts.3.name: experts has 3 entries; expected an index 0..2" in _one_line(err)
+
+    samora = REPO / "recipes" / "fewshot" / "hippocampus_samora.toml"  # HL-Attn keys (order, width, heads) dropped
+    for overrides in (["fuser.name=lac", "fuser.init=0.5"], ["fuser.init=0.5", "fuser.name=lac"]):
+        code, out, err = _cli(capsys, "validate", samora, *overrides)
+        assert code == 0, err
+        assert _resolved(out)["fuser"] == {"name": "lac", "init": 0.5}
+
+
 def test_user_values_that_look_like_markup_are_printed_verbatim(recipe, capsys):
     code, out, err = _cli(capsys, "validate", recipe, "eval.overlays=[/x]", "train.epochs=[red]")
     assert code == 2
@@ -304,6 +321,29 @@ def test_plugin_that_fails_to_import_is_reported_and_the_rest_still_works(tmp_pa
     for builtin in ("sam", "samed", "decathlon", "synapse"):
         assert re.search(rf"│ {builtin}\s+│", result.stdout), builtin
     assert "Traceback" not in result.stdout + result.stderr
+
+
+CLASHING_PLUGIN = TOY_PLUGIN.replace("1x1 convolution", "rival 1x1 convolution")
+
+
+def test_two_plugins_registering_one_name_are_named_by_every_command(site, recipe, tmp_path):
+    _install(site, "rival_samora_plugin", CLASHING_PLUGIN, "rival-samora-plugin")
+    _probe_recipe(recipe)
+    recipe.write_text(recipe.read_text().replace('require = ["toy_samora_plugin"]', 'require = ["toy_samora_plugin", '
+                                                                                      '"rival_samora_plugin"]'))
+    # entry points load in name order: the rival registers first, the toy plugin then clashes with it
+    clash = ("decoder 'linear_probe' is registered twice: by rival_samora_plugin (rival-samora-plugin 0.1) and by "
+             "toy_samora_plugin (toy-samora-plugin 0.1)")
+    for argv in (["validate", recipe], ["schema"]):
+        result = _subprocess(argv, pythonpath=site)
+        err = _one_line(result.stderr)
+        assert f"warning: plugin toy_samora_plugin (toy-samora-plugin 0.1) failed to load: " \
+               f"DuplicateComponentError: {clash}" in err, argv
+        assert "Traceback" not in err
+    validated = _subprocess(["validate", recipe], pythonpath=site)
+    assert validated.returncode == 2
+    assert ("plugins.require: plugin 'toy_samora_plugin' (toy-samora-plugin 0.1) is installed but failed to "
+            f"load: DuplicateComponentError: {clash}") in _one_line(validated.stderr)
 
 
 def test_third_party_decoder_trains_and_evaluates(site, recipe, tmp_path):

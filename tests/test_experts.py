@@ -105,10 +105,10 @@ def config(image_size: int = 64, **overrides) -> SamBackboneConfig:
 
 
 def stage2(fuser=SumFuser, image_size: int = 64, scope: str = "attention", names=NAMES, packs=None,
-           seed: int = 0, **overrides) -> SamBackbone:
+           seed: int = 0, experts_check_base: bool = True, **overrides) -> SamBackbone:
     torch.manual_seed(seed)
-    backbone = build_sam_backbone(
-        config(image_size, experts={"names": names, "scope": scope, "packs": packs or {}}, **overrides), fuser=fuser)
+    experts = {"names": names, "scope": scope, "packs": packs or {}, "check_base": experts_check_base}
+    backbone = build_sam_backbone(config(image_size, experts=experts, **overrides), fuser=fuser)
     with torch.no_grad():  # SAM zero-initialises these: make the relative positions matter
         for name, p in backbone.encoder.named_parameters():
             if "rel_pos" in name or "pos_embed" in name:
@@ -348,6 +348,27 @@ def test_incompatible_pack_names_the_mismatch(tmp_path):
         stage2(packs={"image": tmp_path / "truncated.safetensors"})
     with pytest.raises(CheckpointError, match=r"lacks tensor"):
         save_expert_pack(tmp_path / "bad.safetensors", truncated, pack.header)
+
+
+def test_a_pack_refuses_a_base_it_was_not_trained_on(tmp_path):
+    torch.manual_seed(0)
+    stage1 = build_sam_backbone(config())
+    pack = stage1.expert_pack("image", pretext="image")
+    assert pack.header["base_fingerprint"] == stage1.base_fingerprint()
+    path = save_expert_pack(tmp_path / "image.safetensors", pack.tensors, pack.header)
+    assert stage2(packs={"image": path}, names=["image"], seed=0).expert_names == ["image"]  # the same base
+    torch.manual_seed(1)  # another random base
+    other = build_sam_backbone(config(experts={"names": ["image"]}), fuser=SumFuser).base_fingerprint()
+    assert other != pack.header["base_fingerprint"]
+    with pytest.raises(CheckpointError, match=rf"image\.safetensors: expert 'image' was trained on the base with "
+                                              rf"fingerprint {pack.header['base_fingerprint']}, but this backbone's "
+                                              rf"frozen weights have fingerprint {other}.*check_base = false"):
+        stage2(packs={"image": path}, names=["image"], seed=1)
+    assert stage2(packs={"image": path}, names=["image"], seed=1, experts_check_base=False).expert_names == ["image"]
+    old = {k: v for k, v in pack.header.items() if k != "base_fingerprint"}  # a pack from before fingerprints
+    save_expert_pack(tmp_path / "old.safetensors", pack.tensors, old)
+    with pytest.warns(UserWarning, match="does not record the base it was trained on"):
+        stage2(packs={"image": tmp_path / "old.safetensors"}, names=["image"], seed=1)
 
 
 @pytest.mark.parametrize("scope", ["attention", "block"])

@@ -26,16 +26,19 @@ NAMES = ["image", "patch", "pixel"]
 BOUND = 1.0
 
 
-def _packs(folder: Path) -> dict[str, Path]:
-    """Three expert packs for the tiny SAM whose deltas are ~0.2x the frozen attention output."""
+def _packs(folder: Path, seed: int) -> dict[str, Path]:
+    """Three expert packs for the tiny SAM whose deltas are ~0.2x the frozen attention output, on the random
+    base a run of seed `seed` starts from."""
     packs = {}
     for i, name in enumerate(NAMES):
-        torch.manual_seed(i)
+        torch.manual_seed(seed)
         stage1 = build_sam_backbone(SamBackboneConfig(variant="tiny", image_size=64))
+        generator = torch.Generator().manual_seed(i)
         with torch.no_grad():
             for layer in stage1.lora_layers().values():
                 for target in layer.targets:
-                    layer.lora_b[target].weight.normal_(std=0.1)
+                    weight = layer.lora_b[target].weight
+                    weight.copy_(torch.randn(weight.shape, generator=generator) * 0.1)
         pack = stage1.expert_pack(name, pretext=name)
         packs[name] = save_expert_pack(folder / f"{name}.safetensors", pack.tensors, pack.header)
     return packs
@@ -43,7 +46,7 @@ def _packs(folder: Path) -> dict[str, Path]:
 
 def test_fused_term_stays_bounded_at_the_default_settings_and_explain_plots_it(tmp_path):
     data = write_decathlon(tmp_path / "data", n_cases=4)
-    packs = _packs(tmp_path)
+    packs = _packs(tmp_path, seed=7)  # tiny_recipe's seed
     recipe = tmp_path / "samora.toml"  # HL-Attn with its default lr and gate, the benchmark's decoder lr
     recipe.write_text(tiny_recipe(data, tmp_path / "run", ["case_000", "case_001", "case_003"], ["case_002"],
                                   epochs=10, warmup=0.1, log_every=3, lr=0.005)

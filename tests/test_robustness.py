@@ -14,7 +14,7 @@ from samora_kit.cli import main
 from samora_kit.train.lock import LOCK_FILE, run_folder_lock
 from samora_kit.weights.io import atomic_write_text
 
-from .synthetic import tiny_recipe, write_decathlon
+from .synthetic import armed, tiny_recipe, write_decathlon
 
 CLI = [sys.executable, "-m", "samora_kit.cli"]
 
@@ -123,16 +123,15 @@ def test_a_failed_start_leaves_no_empty_run_folder(recipe, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_killed_run_is_taken_over_with_its_torn_metrics_line_and_temp_files_removed(recipe, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAMORA_KIT_TEST_KILL_AT_STEP": "3"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([*CLI, "run", str(recipe), "train.checkpoint_every=2"], capture_output=True, text=True,
-                            env=env, timeout=600)
+                            env={**env, **armed(SAMORA_KIT_TEST_KILL_AT_STEP="3")}, timeout=600)
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "run"
     assert (run_dir / LOCK_FILE).read_text().startswith("pid ")  # the killed holder's
     with open(run_dir / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 4, "loss": 0.5, "ce')  # a kill in the middle of a line
     (run_dir / "checkpoints" / ".last.safetensors.abc123.tmp").write_bytes(b"half a save")
-    env.pop("SAMORA_KIT_TEST_KILL_AT_STEP")
     resumed = subprocess.run([*CLI, "run", str(recipe), "train.checkpoint_every=2", "--resume"], capture_output=True,
                              text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr

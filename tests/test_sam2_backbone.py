@@ -257,7 +257,8 @@ def test_expert_pack_round_trip(tmp_path):
     path = save_expert_pack(tmp_path / "image.safetensors", pack.tensors, pack.header)
     assert load_expert_pack(path).header == pack.header
 
-    backbone = tiny(fuser=SumFuser, experts={"names": ["image"], "packs": {"image": str(path)}})
+    backbone = tiny(fuser=SumFuser, experts={"names": ["image"]})  # the same frozen base, position embeddings too
+    backbone.load_expert_pack("image", path)
     assert all(torch.equal(backbone.expert_state("image")[k], v) for k, v in pack.tensors.items())
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

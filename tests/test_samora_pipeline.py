@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _stage1_recipe(tmp_path: Path, data: Path) -> Path:
     path = tmp_path / "pretrain.toml"
-    path.write_text(pool_recipe(data, tmp_path / "pretrain", seed=3, max_steps=3, tail=STAGE1_EXPERTS))
+    # seed 7, as tiny_recipe's stage 2: the same random base (packs refuse another one)
+    path.write_text(pool_recipe(data, tmp_path / "pretrain", seed=7, max_steps=3, tail=STAGE1_EXPERTS))
     return path
 
 

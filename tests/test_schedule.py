@@ -4,6 +4,7 @@ shipped recipe as it is; each trainable part with its own learning rate."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,32 @@ def test_every_group_lr_is_logged_and_follows_the_schedule(tmp_path, data):
     for row in rows:  # one schedule shape, each group at its own peak
         assert row["lr_fuser"] == pytest.approx(row["lr"] * 0.001 / 0.005)
     assert [round(r["lr"] / 0.005, 4) for r in rows[:4]] == [0.3333, 0.6667, 1.0, 1.0]  # 3 warm-up steps
+
+
+def test_schedules_warm_up_then_decay_as_named():
+    from samora_kit.train.schedule import learning_rate
+
+    for schedule in ("poly", "cosine", "constant"):
+        assert [learning_rate(schedule, s, 1.0, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate("constant", 19, 1.0, 4, 20) == 1.0
+    assert learning_rate("cosine", 4, 1.0, 4, 20) == 1.0 and learning_rate("cosine", 12, 1.0, 4, 20) == pytest.approx(0.5)
+    assert learning_rate("cosine", 20, 1.0, 4, 20) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate("poly", 12, 1.0, 4, 20) == pytest.approx((1 - 8 / 20) ** 0.9)
+
+
+@pytest.mark.parametrize("knobs", [["train.optimizer=sgd", "train.schedule=cosine"],
+                                   ["train.grad_clip=0.5", "train.schedule=constant"],
+                                   ["train.amp=fp16", "train.grad_clip=1.0"]])
+def test_optimizer_schedule_clipping_and_precision_are_recipe_knobs(tmp_path, data, knobs):
+    recipe = _recipe(tmp_path, data, epochs=2, warmup=0.25)
+    run(recipe, [*knobs, "eval.overlays=0"], False, ["test"], show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(math.isfinite(r["loss"]) for r in rows)
+    if "train.schedule=constant" in knobs:
+        assert [r["lr"] for r in rows[2:]] == [0.005] * 6
+    if "train.schedule=cosine" in knobs:
+        assert rows[-1]["lr"] < rows[3]["lr"] < 0.005
+    if any(k.startswith("train.grad_clip") for k in knobs):
+        assert all(r["grad_norm"] > 0 for r in rows)  # the norm before clipping
+    resolved = (tmp_path / "run" / "recipe.resolved.toml").read_text()
+    assert all(f"{k.split('=')[0].split('.')[1]} = " in resolved for k in knobs)

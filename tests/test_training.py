@@ -13,7 +13,7 @@ import torch
 from samora_kit.errors import TrainingDiverged
 from samora_kit.weights.io import load_weights
 
-from .synthetic import STAGE1_EXPERTS, pool_recipe, tiny_recipe, write_decathlon
+from .synthetic import STAGE1_EXPERTS, armed, pool_recipe, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "samora_kit.cli"]
@@ -47,7 +47,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     # 16 slices, batch 4 -> 4 steps per epoch; killed at step 7 (mid-epoch 1), resumed from step 6
     full = _run(CLI + ["run", str(_recipe(tmp_path, "full"))])
     assert full.returncode == 0, full.stderr
-    killed = _run(CLI + ["run", str(_recipe(tmp_path, "killed"))], {"SAMORA_KIT_TEST_KILL_AT_STEP": "7"})
+    killed = _run(CLI + ["run", str(_recipe(tmp_path, "killed"))], armed(SAMORA_KIT_TEST_KILL_AT_STEP="7"))
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "weights.safetensors").exists()
     resumed = _run(CLI + ["run", str(tmp_path / "killed.toml"), "--resume"])
@@ -127,7 +127,7 @@ def test_stage1_resumed_after_a_kill_mid_epoch_gives_bit_identical_expert_packs(
     full = _run(CLI + ["run", str(tmp_path / "full.toml"), *overrides])
     assert full.returncode == 0, full.stderr
     # the first expert is killed at step 5 (its state holds step 4); the other two have not started
-    killed = _run(CLI + ["run", str(tmp_path / "killed.toml"), *overrides], {"SAMORA_KIT_TEST_KILL_AT_STEP": "5"})
+    killed = _run(CLI + ["run", str(tmp_path / "killed.toml"), *overrides], armed(SAMORA_KIT_TEST_KILL_AT_STEP="5"))
     assert killed.returncode == -signal.SIGKILL
     resumed = _run(CLI + ["run", str(tmp_path / "killed.toml"), *overrides, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
@@ -144,9 +144,8 @@ def test_a_kill_inside_a_save_loses_nothing_and_resume_finishes_the_run(tmp_path
     full = _run(CLI + ["run", str(_recipe(tmp_path, "full"))])
     assert full.returncode == 0, full.stderr
     recipe = _recipe(tmp_path, "killed")
-    armed = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "kill_in_save"), os.environ.get("PYTHONPATH", "")]),
-             "SAMORA_KIT_TEST_KILL_SAVING": target, "SAMORA_KIT_TEST_KILL_SAVE_COUNT": str(count)}
-    killed = _run(CLI + ["run", str(recipe)], armed)
+    killed = _run(CLI + ["run", str(recipe)],
+                  armed(SAMORA_KIT_TEST_KILL_SAVING=target, SAMORA_KIT_TEST_KILL_SAVE_COUNT=str(count)))
     assert killed.returncode == -signal.SIGKILL
     run_dir = tmp_path / "killed"
     assert len(list(run_dir.rglob(f".{target}.*.tmp"))) == 1  # the save the kill interrupted

@@ -55,6 +55,7 @@ class ExpertsConfig(ComponentConfig):
     names: list[str] = Field(min_length=1)  # fuser order: deltas[i] is expert names[i]
     packs: dict[str, Path] = Field(default_factory=dict)  # name -> pack; others start fresh (B = 0)
     scope: Literal["attention", "block"] = "attention"
+    check_base: bool = True  # refuse a pack trained on other frozen base weights than this backbone's
 
     @field_validator("names")
     @classmethod

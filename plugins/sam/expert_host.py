@@ -5,18 +5,21 @@ trunk's), so tensor names are `encoder.blocks.N.attn.qkv.*` for both, as expert 
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from samora_kit.errors import CheckpointError, SamoraError
-from samora_kit.weights.expert_pack import ExpertPack, check_compatible, load_expert_pack, make_header
+from samora_kit.weights.expert_pack import (ExpertPack, check_compatible, check_same_base, load_expert_pack,
+                                            make_header)
 
 from .experts import ExpertsQKV
 from .lora import LoRAQKV
 
-PROVENANCE = ("pretext", "teacher", "teacher_cpt", "data_fingerprint", "versions")
+PROVENANCE = ("pretext", "teacher", "teacher_cpt", "data_fingerprint", "versions")  # what expert_pack() takes
 QKV_PREFIX = "encoder.blocks.{}.attn.qkv."
 
 
@@ -113,11 +116,23 @@ class ExpertHost:
             layer.load_expert(name, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
     def load_expert_pack(self, name: str, path: str | Path) -> ExpertPack:
-        """Stage 2: load expert `name` from a pack file after checking it fits this backbone."""
+        """Stage 2: load expert `name` from a pack file after checking it fits this backbone, its frozen
+        weights included (unless `experts.check_base` is off)."""
         pack = load_expert_pack(path)
         check_compatible(pack, self.shape_description(), self.lora_description(), path, expert=name)
+        if getattr(self.experts_config, "check_base", True) and not check_same_base(pack, self.base_fingerprint(), path):
+            warnings.warn(f"{path}: the pack does not record the base it was trained on (made before packs did); "
+                          "its fit to this backbone's frozen weights is not checked", stacklevel=2)
         self.load_expert(name, pack.tensors, str(path))
         return pack
+
+    def base_fingerprint(self) -> str:
+        """A hash of the frozen base weights (official layout, no LoRA, experts or fusers)."""
+        digest = hashlib.sha256()
+        for key, tensor in sorted(self.encoder_state_in_official_layout().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def expert_pack(self, expert: str, **provenance) -> ExpertPack:
         """This backbone's LoRA as an expert pack (stage 1 output): tensors plus a header describing
@@ -134,7 +149,8 @@ class ExpertHost:
             if expert not in self.expert_names:
                 raise SamoraError(f"no expert named {expert!r}; this backbone's experts are {self.expert_names}")
             tensors = self.expert_state(expert)
-        header = make_header(expert, self.shape_description(), self.lora_description(), **provenance)
+        header = make_header(expert, self.shape_description(), self.lora_description(),
+                             base_fingerprint=self.base_fingerprint(), **provenance)
         return ExpertPack(tensors, header)
 
     # --- PretrainableBackbone -------------------------------------------------------------------------

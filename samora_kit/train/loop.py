@@ -7,8 +7,7 @@ so a resumed run and an N-process run see exactly the samples of a plain run.
 from __future__ import annotations
 
 import math
-import os
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,11 @@ from .distributed import DistContext, any_rank, average_gradients, mean_over_ran
 from .optim import build_optimizer, lr_metric
 from .progress import MetricsLog, TrainingProgress
 from .runfolder import STATE_FILE
-from .schedule import run_length, samed_lr
+from .schedule import learning_rate, run_length
 
-KILL_AT_STEP = "SAMORA_KIT_TEST_KILL_AT_STEP"  # tests: SIGKILL ourselves after this step
+# Extension point: called with the step number after every optimizer step and its checkpoint (the
+# tests' kill switch hangs here; tests/kill_switch/sitecustomize.py).
+step_callbacks: list[Callable[[int], None]] = []
 
 
 @dataclass
@@ -56,10 +57,13 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
     if resume:
         if not state_path.exists():
             raise SamoraError(f"--resume: {state_path} does not exist; nothing to resume")
-        step = load_training_state(state_path, objective, optimizer)["step"]
+        resumed = load_training_state(state_path, objective, optimizer)
+        step = resumed["step"]
     header = {**(header or {}), "steps_per_epoch": steps_per_epoch}
-    use_bf16 = train_cfg.amp == "bf16" or (train_cfg.amp == "auto" and ctx.device.type == "cuda")
-    kill_at = int(os.environ.get(KILL_AT_STEP, "0"))
+    precision = autocast_dtype(train_cfg.amp, ctx.device)  # None: fp32
+    scaler = torch.amp.GradScaler(ctx.device.type) if precision == torch.float16 else None  # fp16 needs loss scaling
+    if scaler is not None and resume and "grad_scaler" in resumed:
+        scaler.load_state_dict(resumed["grad_scaler"])
 
     progress = TrainingProgress(total, step, train_cfg.log_every, enabled=show_progress and ctx.is_main)
     log = MetricsLog(run_dir, step, enabled=ctx.is_main)
@@ -77,13 +81,14 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
                 batch = [t.to(ctx.device) for t in (batch if isinstance(batch, (list, tuple)) else [batch])]
                 lrs = {}
                 for group in optimizer.param_groups:
-                    group["lr"] = samed_lr(step, group["base_lr"], length.warmup, total, train_cfg.poly_power)
+                    group["lr"] = learning_rate(train_cfg.schedule, step, group["base_lr"], length.warmup, total,
+                                                train_cfg.poly_power)
                     lrs[lr_metric(group["name"])] = group["lr"]
                 recording = bool(probes) and (step % train_cfg.log_every == 0 or step + 1 == total)
                 if recording:
                     for probe in probes:
                         probe.record_diagnostics(True)
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with torch.autocast(ctx.device.type, dtype=precision or torch.bfloat16, enabled=precision is not None):
                     losses = objective(*batch)
                 if any_rank(not torch.isfinite(losses["loss"]).item(), ctx):
                     raise TrainingDiverged(
@@ -91,9 +96,17 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
                         f"stopped, the last good state is {state_path if state_path.exists() else 'none'}"
                         "; lower train.lr or check the data")
                 optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
+                (scaler.scale(losses["loss"]) if scaler else losses["loss"]).backward()
                 average_gradients(params)
-                optimizer.step()
+                if train_cfg.grad_clip:
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)  # before clipping
+                if scaler:
+                    scaler.step(optimizer)  # skips the step when the scaled gradients overflowed
+                    scaler.update()
+                else:
+                    optimizer.step()
                 step += 1
                 loss_value = losses["loss"].item()
                 values = mean_over_ranks(losses, ctx) | lrs  # the global batch's values, not rank 0's
@@ -104,13 +117,21 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
                         probe.record_diagnostics(False)
                 log.write(step, {**values, "epoch": epoch})
                 if ctx.is_main and (step % train_cfg.checkpoint_every == 0 or step == total):
-                    save_training_state(state_path, objective, optimizer, {**header, "step": step})
-                if step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    scaling = {"grad_scaler": scaler.state_dict()} if scaler else {}
+                    save_training_state(state_path, objective, optimizer, {**header, **scaling, "step": step})
+                for callback in step_callbacks:
+                    callback(step)
     finally:
         progress.close()
         log.close()
     return TrainResult(step, loss_value)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """train.amp as the autocast dtype: "auto" is bf16 on CUDA and fp32 (None) elsewhere."""
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float16 if amp == "fp16" else None
 
 
 def _epoch_batches(dataset, seed, epoch, position, steps_per_epoch, global_batch, local_batch, rank,

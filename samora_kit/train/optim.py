@@ -1,4 +1,4 @@
-"""AdamW with one parameter group per part that the recipe gives its own learning rate."""
+"""The optimizer (`train.optimizer`) with one parameter group per part that the recipe gives its own learning rate."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def group_lrs(train_cfg) -> dict[str, float]:
             "lora": train_cfg.lora_lr if train_cfg.lora_lr is not None else train_cfg.lr}
 
 
-def build_optimizer(objective: torch.nn.Module, train_cfg) -> torch.optim.AdamW:
-    """AdamW over `objective`'s trainable parameters, grouped by the ParameterGroups modules inside it.
+def build_optimizer(objective: torch.nn.Module, train_cfg) -> torch.optim.Optimizer:
+    """`train.optimizer` (AdamW, or SGD with Nesterov momentum) over `objective`'s trainable parameters, grouped by the ParameterGroups modules inside it.
     Each group carries `name` and `base_lr` (the schedule's peak)."""
     claimed: dict[int, str] = {}
     for module in objective.modules():
@@ -41,6 +41,9 @@ def build_optimizer(objective: torch.nn.Module, train_cfg) -> torch.optim.AdamW:
               for name, params in members.items() if params]
     if not groups:
         raise SamoraError("nothing to train: no parameter of the model requires a gradient")
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=0.9, nesterov=True,
+                               weight_decay=train_cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay)
 
 

@@ -3,6 +3,7 @@ warm-up then polynomial decay, per parameter group."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import SamoraError
@@ -54,3 +55,18 @@ def samed_lr(step: int, base_lr: float, warmup_iters: int, max_iters: int, power
         return base_lr * (step + 1) / warmup_iters
     progress = (step - warmup_iters) / max(1, max_iters)
     return base_lr * max(0.0, 1.0 - progress) ** power
+
+
+def learning_rate(schedule: str, step: int, base_lr: float, warmup: int, total: int, power: float = 0.9) -> float:
+    """The lr of `step`: linear warm-up over `warmup` steps, then `schedule` ("poly": SAMed's polynomial
+    decay, "cosine": half a cosine to 0 at `total`, "constant")."""
+    if schedule == "poly":
+        return samed_lr(step, base_lr, warmup, total, power)
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    raise ValueError(f"unknown schedule {schedule!r}; expected poly, cosine or constant")

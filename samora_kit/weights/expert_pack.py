@@ -8,7 +8,10 @@ The header:
      "backbone": {"name", "variant", "image_size", "embed_dim", "depth"[, "block_dims"]},
      "lora": {"rank", "targets", "blocks"},
      "pretext": str|None, "teacher": str|None, "teacher_cpt": bool|None,
-     "data_fingerprint": str|None, "versions": {...}}
+     "data_fingerprint": str|None, "base_fingerprint": str|None, "versions": {...}}
+
+`base_fingerprint` identifies the frozen weights the expert was trained on (a hash of the base
+encoder's tensors): an expert is a correction of one particular base and means nothing on another.
 
 `block_dims` (optional, SAM2 Hiera whose width changes between stages): one [C_in, C_out] per
 encoder block; then A of block i is rank x C_in and B is C_out x rank instead of embed_dim.
@@ -29,7 +32,7 @@ from .io import load_weights, save_weights
 EXPERT_PACK_KIND = "expert-pack"
 BACKBONE_FIELDS = ("name", "variant", "image_size", "embed_dim", "depth")
 LORA_FIELDS = ("rank", "targets", "blocks")
-PROVENANCE_FIELDS = ("pretext", "teacher", "teacher_cpt", "data_fingerprint")
+PROVENANCE_FIELDS = ("pretext", "teacher", "teacher_cpt", "data_fingerprint", "base_fingerprint")
 QKV_ORDER = ("q", "k", "v")
 
 
@@ -87,7 +90,8 @@ def default_versions() -> dict[str, str]:
 
 def make_header(expert: str, backbone: dict, lora: dict, *, pretext: str | None = None,
                 teacher: str | None = None, teacher_cpt: bool | None = None,
-                data_fingerprint: str | None = None, versions: dict | None = None) -> dict:
+                data_fingerprint: str | None = None, base_fingerprint: str | None = None,
+                versions: dict | None = None) -> dict:
     """A complete expert-pack header; `versions` are added to the installed ones."""
     return {
         "kind": EXPERT_PACK_KIND,
@@ -99,6 +103,7 @@ def make_header(expert: str, backbone: dict, lora: dict, *, pretext: str | None 
         "teacher": teacher,
         "teacher_cpt": teacher_cpt,
         "data_fingerprint": data_fingerprint,
+        "base_fingerprint": base_fingerprint,
         "versions": {**default_versions(), **(versions or {})},
     }
 
@@ -151,6 +156,20 @@ def check_compatible(pack: ExpertPack, backbone_shape: dict, lora: dict, source:
     block_dims = backbone_shape.get("block_dims", theirs.get("block_dims"))
     expected = expected_lora_shapes(int(embed_dim), _normal_lora(lora), block_dims)
     _check_tensors(pack.tensors, expected, source, "pack")
+
+
+def check_same_base(pack: ExpertPack, base_fingerprint: str, source: str | Path) -> bool:
+    """CheckpointError when the pack was trained on other frozen weights than `base_fingerprint`;
+    False when the pack does not say (made before packs recorded their base), True when it matches."""
+    theirs = pack.header.get("base_fingerprint")
+    if theirs is None:
+        return False
+    if theirs != base_fingerprint:
+        raise CheckpointError(f"pack {source}: expert {pack.expert!r} was trained on the base with fingerprint "
+                              f"{theirs}, but this backbone's frozen weights have fingerprint {base_fingerprint}; "
+                              "train the expert on this base (or set backbone.experts.check_base = false to "
+                              "use it anyway)")
+    return True
 
 
 def _check_header(header: dict, path: Path) -> None:
