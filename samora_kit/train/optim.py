@@ -1,4 +1,4 @@
-"""The optimizer (`train.optimizer`) with one parameter group per part that the recipe gives its own learning rate."""
+"""The optimizer (`train.optimizer`), one parameter group per part that the recipe gives its own learning rate."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def group_lrs(train_cfg) -> dict[str, float]:
 
 
 def build_optimizer(objective: torch.nn.Module, train_cfg) -> torch.optim.Optimizer:
-    """`train.optimizer` (AdamW, or SGD with Nesterov momentum) over `objective`'s trainable parameters, grouped by the ParameterGroups modules inside it.
-    Each group carries `name` and `base_lr` (the schedule's peak)."""
+    """`train.optimizer` (AdamW, or SGD with Nesterov momentum) over `objective`'s trainable parameters,
+    grouped by the ParameterGroups modules inside it. Each group carries `name` and `base_lr` (its peak lr)."""
     claimed: dict[int, str] = {}
     for module in objective.modules():
         if not isinstance(module, ParameterGroups):
