@@ -53,7 +53,8 @@ def pretrain_experts(recipe, registry, run_dir: Path, ctx: DistContext, resume: 
         dataset = adapter.slice_dataset(backbone.image_size)
         teacher = _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, show_progress)
         task = registry.get("pretext", entry.pretext.name).build(entry.pretext, backbone=backbone, teacher=teacher)
-        console.print(f"expert [bold]{escape(entry.name)}[/]: {escape(entry.pretext.name)} on {len(dataset)} unlabelled slices"
+        console.print(f"expert [bold]{escape(entry.name)}[/]: {escape(entry.pretext.name)} on {len(dataset)} "
+                      "unlabelled slices"
                       + (f", teacher {escape(entry.teacher.name)}" if entry.teacher else ", no teacher"))
         result = train(task, dataset, recipe.train, recipe.run.seed, run_dir / STAGES_DIR / entry.name, ctx,
                        resume and (run_dir / STAGES_DIR / entry.name).exists(),
@@ -82,7 +83,8 @@ def _teacher(entry, recipe, registry, run_dir, dataset, data_id, ctx, console, s
     if path.exists() and read_header(path).get("recipe_fingerprint") == key:
         console.print(f"teacher {escape(entry.teacher.name)}: reusing continual pre-training {escape(str(path))}")
     else:
-        console.print(f"teacher {escape(entry.teacher.name)}: continual pre-training for {entry.teacher.cpt_epochs} epoch(s)")
+        console.print(f"teacher {escape(entry.teacher.name)}: continual pre-training for "
+                      f"{entry.teacher.cpt_epochs} epoch(s)")
         schedule = recipe.train.model_copy(update={"epochs": entry.teacher.cpt_epochs})
         train(teacher.cpt_objective(), dataset, schedule, recipe.run.seed,
               run_dir / STAGES_DIR / f"{entry.name}-teacher", ctx, False, {"stage": "teacher-cpt"}, show_progress)
@@ -124,7 +126,7 @@ def pretrain_base(recipe, registry, run_dir: Path, ctx: DistContext, resume: boo
                   "final_loss": result.final_loss, "samora_kit_version": __version__}
         _, digest = save_sam_layout(path, backbone.encoder_state_in_official_layout(), header)
         console.print(f"base encoder: {result.steps} steps, final loss {result.final_loss:.4f} -> {escape(str(path))}\n"
-                      f"use it with backbone.checkpoint = \"{path}\" (sha256 {digest})")
+                      f"use it with backbone.checkpoint = \"{escape(str(path))}\" (sha256 {digest})")
     return path
 
 

@@ -251,7 +251,8 @@ def _apply_override(raw: dict, item: str) -> list[str]:
         elif not isinstance(node, dict):
             return [f"override {key}: {'.'.join(parts[:depth])!r} is not a table"]
         elif last:
-            if part == "name" and depth and parts[depth - 1] in COMPONENT_KEYS and node.get("name") not in (None, parsed):
+            switched = part == "name" and depth and parts[depth - 1] in COMPONENT_KEYS
+            if switched and node.get("name") not in (None, parsed):
                 node.clear()  # another component: the old one's keys mean nothing to it
             node[part] = parsed
         else:

@@ -154,7 +154,8 @@ def _run_pretraining(recipe, plugins, ctx, resume, argv, console, show_progress,
             write_run_files(run_dir, dump_recipe(recipe), environment(ctx.device, plugins.sources), argv)
         packs = pretrain_experts(recipe, plugins.registry, run_dir, ctx, resume, console, show_progress, only)
     if ctx.is_main:
-        console.print("expert packs:\n" + "\n".join(f"  {escape(name)}: {escape(str(path))}" for name, path in packs.items()))
+        listing = "\n".join(f"  {escape(name)}: {escape(str(path))}" for name, path in packs.items())
+        console.print(f"expert packs:\n{listing}")
     return packs
 
 

@@ -78,9 +78,11 @@ class ExpertHost:
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The fusers' and the LoRA's trainable parameters, each group with its own recipe lr."""
-        lora = [p for layer in self.lora_layers().values() for ab in (layer.lora_a, layer.lora_b) for p in ab.parameters()]
+        # only A and B, not the qkv a LoRA wraps (base pre-training trains that one at train.lr)
+        lora = [p for layer in self.lora_layers().values() for factors in (layer.lora_a, layer.lora_b)
+                for p in factors.parameters()]
         groups = {"fuser": [p for f in self.fusers().values() for p in f.parameters() if p.requires_grad],
-                  "lora": [p for p in lora if p.requires_grad]}  # not the frozen qkv it wraps (base pre-training trains that)
+                  "lora": [p for p in lora if p.requires_grad]}
         return {name: params for name, params in groups.items() if params}
 
     def record_diagnostics(self, enabled: bool) -> None:
@@ -120,7 +122,9 @@ class ExpertHost:
         weights included (unless `experts.check_base` is off)."""
         pack = load_expert_pack(path)
         check_compatible(pack, self.shape_description(), self.lora_description(), path, expert=name)
-        if getattr(self.experts_config, "check_base", True) and not check_same_base(pack, self.base_fingerprint(), path):
+        checked = not getattr(self.experts_config, "check_base", True) or \
+            check_same_base(pack, self.base_fingerprint(), path)
+        if not checked:
             warnings.warn(f"{path}: the pack does not record the base it was trained on (made before packs did); "
                           "its fit to this backbone's frozen weights is not checked", stacklevel=2)
         self.load_expert(name, pack.tensors, str(path))
