@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+from scipy.stats import t as t_distribution
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -94,14 +95,11 @@ def write_doc_block(path: Path, block: str, text: str) -> None:
     atomic_write_text(path, doc)
 
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t(0.975, df)
-
-
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """Mean of the per-draw differences a - b and its 95 % t-interval (nan bounds for one draw)."""
     diffs = [x - y for x, y in zip(a, b)]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return mean, math.nan, math.nan
-    half = T_975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    half = t_distribution.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return mean, mean - half, mean + half

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from common import REPO, paired_difference, write_doc_block
 
+from samora_kit.eval.explain import read_diagnostics
 from samora_kit.runner import run
 
 SPLIT = REPO.parent / "shared" / "data" / "msd_hippocampus" / "split.json"
@@ -67,11 +68,10 @@ def _run(recipe: str, extra: list[str], label: str, draw: int, split: dict, args
     if not (folder / "eval" / "summary.json").exists():
         run(REPO / recipe, overrides, False, ["benchmarks/tune_fuser.py", recipe, *overrides])
     summary = json.loads((folder / "eval" / "summary.json").read_text())["transunet"]
-    ratios = [max((v for k, v in json.loads(line).items() if k.startswith("fused_ratio/")), default=float("nan"))
-              for line in (folder / "metrics.jsonl").read_text().splitlines()
-              if any(k.startswith("fused_ratio/") for k in json.loads(line))]
+    blocks = read_diagnostics(folder / "metrics.jsonl").get("fused_ratio", {}).values()  # per block: [(step, ratio)]
     return {"dice": summary["mean"]["dice"], "hd95": summary["mean"]["hd95"],
-            "max_ratio": max(ratios) if ratios else None, "last_ratio": ratios[-1] if ratios else None}
+            "max_ratio": max((r for points in blocks for _, r in points), default=None),
+            "last_ratio": max((points[-1][1] for points in blocks), default=None)}
 
 
 def _markdown(rows: dict, command: str, args) -> str:

@@ -187,3 +187,16 @@ def write_p12_case(folder: Path, case: str, seed: int = 0) -> None:
     image, label = p12_arrays(seed)
     write_metaimage(folder / f"{case}.mhd", image, P12_SPACING_XYZ)
     write_metaimage(folder / f"{case}_segmentation.mhd", label, P12_SPACING_XYZ)
+
+
+def relabel(data_root: Path, case: str, array: np.ndarray | None = None, affine: np.ndarray | None = None) -> None:
+    """Rewrite a Decathlon case's label file with another array and/or affine (bad-data tests)."""
+    path = data_root / "labelsTr" / f"{case}.nii.gz"
+    label = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj) if array is None else array,
+                             label.affine if affine is None else affine), str(path))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: compare before and after to show nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from samora_kit.cli import main
 
-from .synthetic import tiny_recipe, write_decathlon
+from .synthetic import relabel, snapshot, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 
@@ -72,14 +71,8 @@ def world(finished, tmp_path) -> World:
     return World(tmp_path, data, local, done)
 
 
-def _relabel(path: Path, array=None, affine=None) -> None:
-    image = nib.load(str(path))
-    data = np.asarray(image.dataobj) if array is None else array
-    nib.save(nib.Nifti1Image(data, image.affine if affine is None else affine), str(path))
-
-
-def _label(root: Path, case: str = "case_001") -> Path:
-    return root / "labelsTr" / f"{case}.nii.gz"
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
 
 
 def _pack(w: World, rank: int = 4) -> Path:
@@ -173,17 +166,17 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
     "data: unknown case": (lambda w: ["run", w.recipe, 'data.train={ cases = ["case_009"] }'], 2,
                            ["unknown case id 'case_009' (did you mean 'case_002'?)"]),
     "data: label of another shape": (lambda w: ["run", w.recipe, "data.root=" + str(w.data_copy(
-        lambda d: _relabel(_label(d), array=np.zeros((5, 5, 5), np.uint8))))], 2, ["has shape (5, 5, 5); they must match voxel for voxel"]),
+        lambda d: relabel(d, "case_001", array=np.zeros((5, 5, 5), np.uint8))))], 2, ["has shape (5, 5, 5); they must match voxel for voxel"]),
     "data: label value out of range": (lambda w: ["run", w.recipe, "data.root=" + str(w.data_copy(
-        lambda d: _relabel(_label(d), array=np.full((24, 24, 6), 7, np.uint8))))], 2, ["case_001.nii.gz: label values [7] are outside 0..2"]),
+        lambda d: relabel(d, "case_001", array=np.full((24, 24, 6), 7, np.uint8))))], 2, ["case_001.nii.gz: label values [7] are outside 0..2"]),
     "data: label off the image grid": (lambda w: ["run", w.recipe, "data.root=" + str(w.data_copy(
-        lambda d: _relabel(_label(d), affine=np.diag([3.0, 3.0, 1.0, 1.0]))))], 2,
+        lambda d: relabel(d, "case_001", affine=np.diag([3.0, 3.0, 1.0, 1.0]))))], 2,
                                        ["the label's geometry (spacing (3.0, 3.0, 1.0)", "differs from its image"]),
     "data: every label empty": (lambda w: ["run", w.recipe, "data.root=" + str(w.data_copy(lambda d: [
-        _relabel(_label(d, c), array=np.zeros((24, 24, 6), np.uint8)) for c in ("case_000", "case_001")]))], 2,
+        relabel(d, c, array=np.zeros((24, 24, 6), np.uint8)) for c in ("case_000", "case_001")]))], 2,
                                 ["every training label is empty"]),
     "data: truncated NIfTI": (lambda w: ["run", w.recipe, "data.root=" + str(w.data_copy(
-        lambda d: _label(d).write_bytes(_label(d).read_bytes()[:200])))], 2, ["case_001.nii.gz", "unreadable or truncated"]),
+        lambda d: _truncate(d / "labelsTr" / "case_001.nii.gz")))], 2, ["case_001.nii.gz", "unreadable or truncated"]),
     # --- weights -----------------------------------------------------------------------------------
     "weights: missing checkpoint": (lambda w: ["run", w.recipe, f"backbone.checkpoint={w.root / 'sam.safetensors'}"], 2,
                                     ["sam.safetensors: no such weights file; import the official .pth first"]),
@@ -230,14 +223,10 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
 }
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gets_one_clear_message_and_changes_nothing(case, world, capsys):
     build, code, words = CASES[case]
-    protected = {folder: _snapshot(folder) for folder in (world.done, world.data)}
+    protected = {folder: snapshot(folder) for folder in (world.done, world.data)}
     argv = [str(a) for a in build(world)]
     with torch.random.fork_rng():
         exit_code = main(argv)
@@ -248,4 +237,4 @@ def test_bad_input_gets_one_clear_message_and_changes_nothing(case, world, capsy
     for word in words:
         assert word in err, (word, err)
     for folder, files in protected.items():
-        assert _snapshot(folder) == files, f"{case} changed {folder}"
+        assert snapshot(folder) == files, f"{case} changed {folder}"

@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from samora_kit.cli import main
 from samora_kit.train.lock import LOCK_FILE, run_folder_lock
 from samora_kit.weights.io import atomic_write_text
 
-from .synthetic import armed, tiny_recipe, write_decathlon
+from .synthetic import armed, relabel, snapshot, tiny_recipe, write_decathlon
 
 CLI = [sys.executable, "-m", "samora_kit.cli"]
 
@@ -32,10 +33,6 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, " ".join(err.split())
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_overrides_may_follow_the_flags(recipe, tmp_path, capsys):
@@ -106,11 +103,11 @@ def test_output_dir_that_is_a_file_is_refused_before_anything_is_built(recipe, t
 def test_a_second_run_on_a_folder_in_use_is_refused_at_once(recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
     with run_folder_lock(run_dir):
-        before = _tree(run_dir)
+        before = snapshot(run_dir)
         code, _, err = _cli(capsys, "run", recipe)
         assert code == 2
         assert f"{run_dir} is in use by pid {os.getpid()} on " in err and "another run.output_dir" in err
-        assert _tree(run_dir) == before  # nothing of the holder's was touched
+        assert snapshot(run_dir) == before  # nothing of the holder's was touched
     assert not run_dir.exists()  # the holder made the folder and wrote nothing: released, it leaves none
     code, _, err = _cli(capsys, "run", recipe, "eval.overlays=0")
     assert code == 0, err
@@ -154,20 +151,8 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
     assert path.stat().st_mode & 0o777 == mode
 
 
-def _relabel(data: Path, case: str, *, affine=None, empty: bool = False) -> None:
-    import nibabel as nib
-    import numpy as np
-
-    path = data / "labelsTr" / f"{case}.nii.gz"
-    label = nib.load(str(path))
-    array = np.zeros_like(np.asarray(label.dataobj)) if empty else np.asarray(label.dataobj)
-    nib.save(nib.Nifti1Image(array, label.affine if affine is None else affine), str(path))
-
-
 def test_a_label_off_its_images_grid_is_refused_naming_both(recipe, tmp_path, capsys):
-    import numpy as np
-
-    _relabel(tmp_path / "data", "case_001", affine=np.diag([3.0, 3.0, 1.0, 1.0]))  # the image: 1 x 1 x 2 mm
+    relabel(tmp_path / "data", "case_001", affine=np.diag([3.0, 3.0, 1.0, 1.0]))  # the image: 1 x 1 x 2 mm
     code, _, err = _cli(capsys, "run", recipe)
     assert code == 2
     assert f"{tmp_path / 'data' / 'labelsTr' / 'case_001.nii.gz'}: the label's geometry (spacing (3.0, 3.0, 1.0)" in err
@@ -175,11 +160,11 @@ def test_a_label_off_its_images_grid_is_refused_naming_both(recipe, tmp_path, ca
 
 
 def test_empty_labels_warn_and_an_all_empty_training_set_is_refused(recipe, tmp_path, capsys):
-    _relabel(tmp_path / "data", "case_000", empty=True)
+    relabel(tmp_path / "data", "case_000", array=np.zeros((24, 24, 8), np.uint8))
     code, out, err = _cli(capsys, "run", recipe, "eval.overlays=0")
     assert code == 0, err
     assert "labelsTr/case_000.nii.gz: the label map is empty (background only)" in " ".join(out.split())
-    _relabel(tmp_path / "data", "case_001", empty=True)
+    relabel(tmp_path / "data", "case_001", array=np.zeros((24, 24, 8), np.uint8))
     code, _, err = _cli(capsys, "run", recipe, f"run.output_dir={tmp_path / 'second'}")
     assert code == 2 and "every training label is empty" in err and "there is nothing to learn" in err
     assert not (tmp_path / "second").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from samora_kit.train.losses import DiceCELoss
 from samora_kit.train.model import SegmentationObjective, build_model
 from samora_kit.train.optim import FUSER_LR_FACTOR, build_optimizer
 from samora_kit.train.schedule import run_length
+from samora_kit.weights.io import load_weights
 
 from .synthetic import tiny_recipe, write_decathlon
 
@@ -151,5 +153,10 @@ def test_optimizer_schedule_clipping_and_precision_are_recipe_knobs(tmp_path, da
         assert rows[-1]["lr"] < rows[3]["lr"] < 0.005
     if any(k.startswith("train.grad_clip") for k in knobs):
         assert all(r["grad_norm"] > 0 for r in rows)  # the norm before clipping
-    resolved = (tmp_path / "run" / "recipe.resolved.toml").read_text()
-    assert all(f"{k.split('=')[0].split('.')[1]} = " in resolved for k in knobs)
+    resolved = tomllib.loads((tmp_path / "run" / "recipe.resolved.toml").read_text())["train"]
+    for knob in knobs:
+        key, value = knob.removeprefix("train.").split("=")
+        assert str(resolved[key]) == value
+    state = load_weights(tmp_path / "run" / "checkpoints" / "last.safetensors")[0]
+    moments = {key.rsplit("/", 1)[1] for key in state if key.startswith("optim/")}
+    assert moments == ({"momentum_buffer"} if "train.optimizer=sgd" in knobs else {"step", "exp_avg", "exp_avg_sq"})

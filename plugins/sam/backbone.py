@@ -72,8 +72,7 @@ class SamBackbone(ExpertHost, nn.Module):
             for i in self.lora_blocks:
                 install_experts(self.encoder.blocks[i], names, config.lora.rank, self.lora_targets,
                                 fuser(preset.embed_dim, preset.num_heads, list(names)), config.experts.scope)
-            for name, path in config.experts.packs.items():
-                self.load_expert_pack(name, path)
+            self.load_expert_packs(config.experts.packs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._check_images(images)

@@ -87,17 +87,18 @@ class ExpertHost:
 
     def record_diagnostics(self, enabled: bool) -> None:
         """While enabled, every fused block keeps ||fused term|| / ||frozen attention output|| of its forward."""
-        for block in self._fused_blocks():
-            block.fusion.recording = enabled
-            block.fusion.fused_ratio = None
+        for state in self._fusions().values():
+            state.recording = enabled
+            state.fused_ratio = None
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
         """`fused_ratio/blockNN` of each fused block's last recorded forward (LoRAHub blocks have none)."""
-        return {f"fused_ratio/block{i:02d}": b.fusion.fused_ratio for i, b in enumerate(self.encoder.blocks)
-                if getattr(b, "fusion", None) is not None and b.fusion.fused_ratio is not None}
+        return {f"fused_ratio/block{i:02d}": state.fused_ratio for i, state in self._fusions().items()
+                if state.fused_ratio is not None}
 
-    def _fused_blocks(self) -> list[nn.Module]:
-        return [b for b in self.encoder.blocks if getattr(b, "fusion", None) is not None]
+    def _fusions(self) -> dict:
+        """Block index -> the FusionState of its fused block (stage 2 only)."""
+        return {i: b.fusion for i, b in enumerate(self.encoder.blocks) if getattr(b, "fusion", None) is not None}
 
     def lora_description(self) -> dict:
         return {"rank": self.lora_rank, "targets": list(self.lora_targets), "blocks": list(self.lora_blocks)}
@@ -117,18 +118,25 @@ class ExpertHost:
             prefix = QKV_PREFIX.format(i)
             layer.load_expert(name, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
-    def load_expert_pack(self, name: str, path: str | Path) -> ExpertPack:
+    def load_expert_packs(self, packs: dict[str, str | Path]) -> None:
+        """Stage 2: load expert packs by name, the frozen base hashed once for all of them."""
+        base = self.base_fingerprint() if packs and self._checks_base() else None
+        for name, path in packs.items():
+            self.load_expert_pack(name, path, base)
+
+    def load_expert_pack(self, name: str, path: str | Path, base_fingerprint: str | None = None) -> ExpertPack:
         """Stage 2: load expert `name` from a pack file after checking it fits this backbone, its frozen
-        weights included (unless `experts.check_base` is off)."""
+        weights included (unless `experts.check_base` is off; `base_fingerprint` if already computed)."""
         pack = load_expert_pack(path)
         check_compatible(pack, self.shape_description(), self.lora_description(), path, expert=name)
-        checked = not getattr(self.experts_config, "check_base", True) or \
-            check_same_base(pack, self.base_fingerprint(), path)
-        if not checked:
+        if self._checks_base() and not check_same_base(pack, base_fingerprint or self.base_fingerprint(), path):
             warnings.warn(f"{path}: the pack does not record the base it was trained on (made before packs did); "
                           "its fit to this backbone's frozen weights is not checked", stacklevel=2)
         self.load_expert(name, pack.tensors, str(path))
         return pack
+
+    def _checks_base(self) -> bool:
+        return getattr(self.experts_config, "check_base", True)
 
     def base_fingerprint(self) -> str:
         """A hash of the frozen base weights (official layout, no LoRA, experts or fusers)."""

@@ -113,13 +113,13 @@ class ExpertsQKV(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         q0, k, v = self.base(flat).chunk(3, dim=-1)  # each N, C_out
         a = F.pad(self.expert_a, (0, 0, 0, 0, 1, 0))  # a zero expert first: variant 0 = the frozen path
-        hidden = torch.einsum("nc,tkrc->tknr", flat, a.to(x.dtype))  # T, V, N, r: one matmul
-        u = hidden.unbind(0)[self.targets.index("q")][1:]  # K, N, r
+        hidden = torch.einsum("nc,tkrc->tknr", flat, a.to(x.dtype)).unbind(0)  # T x (V, N, r): one matmul
+        u = hidden[self.targets.index("q")][1:]  # K, N, r
         b = self.expert_b[self.targets.index("q")].to(x.dtype)  # K, C_out, r
         if "v" in self.targets:
             t = self.targets.index("v")
             b_v = F.pad(self.expert_b[t], (0, 0, 0, 0, 1, 0)).to(x.dtype)
-            v = torch.baddbmm(v.unsqueeze(0), hidden.unbind(0)[t], b_v.transpose(1, 2))  # V, N, C_out
+            v = torch.baddbmm(v.unsqueeze(0), hidden[t], b_v.transpose(1, 2))  # V, N, C_out
         else:
             v = v.unsqueeze(0)
         return (q0.view(*lead, self.dim_out), u.view(u.shape[0], *lead, u.shape[-1]), b,

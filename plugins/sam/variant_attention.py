@@ -66,13 +66,10 @@ def variants_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: tor
     qs = qh * attn.scale
     if attn.use_rel_pos:
         # q . Rh[h_q - h_k + h - 1] for every relative offset from ONE matmul of the scaled q with both
-        # tables (2h-1 + 2w-1 rows, pre-divided by scale), then gathered: q is never permuted again.
-        rh = _resized_rel_pos(h, attn.rel_pos_h).to(q.dtype)
-        rw = _resized_rel_pos(w, attn.rel_pos_w).to(q.dtype)
-        per_offset = torch.matmul(qs, (torch.cat([rh, rw]) / attn.scale).t())  # ..., L, 2h-1 + 2w-1
+        # tables (pre-divided by scale), then gathered: q is never permuted again.
+        tables = _rel_pos_tables(attn, h, w, q.dtype)
         index = _rel_pos_index(h, w, q.device)  # L, h + w
-        rel = per_offset.gather(-1, index.expand(*per_offset.shape[:-1], h + w))
-        qs = torch.cat([qs, rel], dim=-1)
+        qs = torch.cat([qs, _rel_terms(torch.matmul(qs, (tables / attn.scale).t()), index)], dim=-1)
         onehot = _rel_pos_onehot(h, w, q)  # h + w, L
         kh = torch.cat([kh, onehot.expand(*kh.shape[:-2], -1, -1)], dim=-2)
     if k.shape[0] == 1:
@@ -110,12 +107,11 @@ def low_rank_variants_attention(attn: Attention, q0: torch.Tensor, u: torch.Tens
     lhs = u.unsqueeze(2).expand(-1, -1, heads, -1, -1)  # E, n, heads, L, r
     rhs = torch.einsum("ehdr,nhdl->enhrl", bh * attn.scale, kh)  # E, n, heads, r, L: b_e^T k^T per head
     if attn.use_rel_pos:  # as in variants_attention: the rel-pos terms ride in the matmuls as extra columns
-        tables = torch.cat([_resized_rel_pos(h, attn.rel_pos_h), _resized_rel_pos(w, attn.rel_pos_w)]).to(q0.dtype)
+        tables = _rel_pos_tables(attn, h, w, q0.dtype)
         index = _rel_pos_index(h, w, q0.device)  # L, h + w
-        rel0 = torch.matmul(qh, tables.t())  # n, heads, L, 2h-1 + 2w-1
-        rel0 = rel0.gather(-1, index.expand(*rel0.shape[:-1], h + w))
-        per_offset = torch.einsum("enlr,ehrp->enhlp", u, torch.einsum("ehdr,pd->ehrp", bh, tables))
-        rel = per_offset.gather(-1, index.expand(*per_offset.shape[:-1], h + w))  # E, n, heads, L, h + w
+        rel0 = _rel_terms(torch.matmul(qh, tables.t()), index)  # n, heads, L, h + w
+        rel = _rel_terms(torch.einsum("enlr,ehrp->enhlp", u, torch.einsum("ehdr,pd->ehrp", bh, tables)),
+                         index)  # E, n, heads, L, h + w
         onehot = _rel_pos_onehot(h, w, q0)  # h + w, L
         lhs0, rhs0 = torch.cat([lhs0, rel0], dim=-1), torch.cat([rhs0, onehot.expand(n, heads, -1, -1)], dim=-2)
         lhs = torch.cat([lhs, rel], dim=-1)
@@ -129,6 +125,16 @@ def low_rank_variants_attention(attn: Attention, q0: torch.Tensor, u: torch.Tens
         outs.append(torch.bmm(logits.softmax(dim=-1), values[e + 1 if len(values) > 1 else 0]))
     out = torch.stack(outs).view(experts + 1, n, heads, length, hd)
     return out.transpose(2, 3).reshape(experts + 1, n, length, dim)
+
+
+def _rel_pos_tables(attn: Attention, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """[Rh; Rw]: the 2h-1 + 2w-1 relative-position rows of a window of h x w tokens, head_dim wide."""
+    return torch.cat([_resized_rel_pos(h, attn.rel_pos_h), _resized_rel_pos(w, attn.rel_pos_w)]).to(dtype)
+
+
+def _rel_terms(per_offset: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """..., L, 2h-1 + 2w-1 (q . every relative offset) -> ..., L, h + w (q . the offsets to each key row, column)."""
+    return per_offset.gather(-1, index.expand(*per_offset.shape[:-1], index.shape[-1]))
 
 
 def _rel_pos_onehot(h: int, w: int, like: torch.Tensor) -> torch.Tensor:

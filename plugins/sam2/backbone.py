@@ -120,8 +120,7 @@ class Sam2Backbone(ExpertHost, nn.Module):
                 block = blocks[i]
                 install_hiera_experts(block, names, config.lora.rank, self.lora_targets,
                                       fuser(block.dim_out, block.attn.num_heads, list(names)))
-            for name, path in config.experts.packs.items():
-                self.load_expert_pack(name, path)
+            self.load_expert_packs(config.experts.packs)
 
     def forward(self, images: torch.Tensor) -> FeaturePyramid:
         self._check_images(images)

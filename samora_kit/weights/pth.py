@@ -30,9 +30,10 @@ def load_pth_state_dict(path: Path, expected: str) -> dict:
 
 def _reason(exc: Exception) -> str:
     message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    if re.search(r"unsupported global", message, re.IGNORECASE):  # torch has written it "Global" and "GLOBAL"
-        name = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", message, re.IGNORECASE)
-        what = f" ({name.group(1)})" if name else ""
+    # torch has written "Unsupported global: GLOBAL os.system" and "unsupported GLOBAL posix.system"
+    refused = re.search(r"unsupported global(?::?\s*(?:GLOBAL\s+)?([\w.]+))?", message, re.IGNORECASE)
+    if refused:
+        what = f" ({refused.group(1)})" if refused.group(1) else ""
         return (f"refused: it pickles a Python object{what} other than tensors and containers, which would run "
                 "code when loaded")
     return f"not a PyTorch checkpoint, or a corrupted one: {type(exc).__name__}"
