@@ -33,7 +33,8 @@ from common import REPO, paired_difference, write_doc_block
 
 from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
-from samora_kit.runner import run, run_dir_of
+from samora_kit.flows.common import run_dir_of
+from samora_kit.runner import run
 
 DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
 DECODER_ONLY = ["backbone.lora.blocks=[]"]  # no LoRA, no experts: the frozen base, only the decoder trains
@@ -133,7 +134,7 @@ def _one_off_stages(arm_recipes: list[str]) -> dict[str, str]:
         recipe = load_recipe(REPO / path, registry)
         stages.append(BASES[recipe.backbone.name])
         if recipe.pretrain is not None:
-            stages.append(str(recipe.pretrain.recipe))
+            stages.append(str(Path(recipe.pretrain.recipe).relative_to(REPO)))
     seconds = {}
     for stage in dict.fromkeys(stages):
         recipe = load_recipe(REPO / stage, registry)
@@ -147,7 +148,7 @@ def _one_off_stages(arm_recipes: list[str]) -> dict[str, str]:
 
 
 def _finished(recipe, folder: Path) -> bool:
-    if recipe.base_pretraining is not None:
+    if recipe.task == "pretrain_base":
         return (folder / "base.safetensors").exists()
     return all((folder / "experts" / f"{e.name}.safetensors").exists() for e in recipe.experts)
 

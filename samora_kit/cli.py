@@ -1,5 +1,5 @@
 """samora-kit command line: run, validate, plugins, schema, weights, data, evaluate, compare, explain,
-predict."""
+predict, recipes."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        if args.command != "plugins":  # `plugins` lists them itself
+        if args.command not in ("plugins", "recipes"):  # `plugins` lists them itself; `recipes` loads none
             _warn_about_broken_plugins()
         return args.func(args, console) or 0
     except RecipeError as exc:
@@ -136,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", type=Path, required=True)
     pr.add_argument("--no-overlays", action="store_true")
     pr.set_defaults(func=_predict)
+
+    from .shipped_recipes import add_recipes_command  # `recipes ls`, `recipes cp NAME DEST`
+
+    add_recipes_command(sub)
     return p
 
 
@@ -152,12 +156,18 @@ def _run(args, console):
 
 
 def _validate(args, console):
+    from .checks import check_references, check_with_backbone
     from .plugins import default_plugins
     from .recipe import dump_recipe, load_recipe
     from .train.plan import planned_runs
 
-    registry = default_plugins().registry
+    plugins = default_plugins()
+    registry = plugins.registry
     recipe = load_recipe(args.recipe, registry, args.overrides)
+    problems = check_references(recipe, registry)
+    problems += [] if problems else check_with_backbone(recipe, plugins)  # a missing file would fail the build
+    if problems:
+        raise RecipeError(str(args.recipe), problems)
     try:
         runs = planned_runs(recipe, registry)
     except DataError as exc:  # the data is not here (yet): `run` checks the length when it reads it
@@ -203,10 +213,10 @@ def _plugins(args, console):
 
 def _schema(args, console):
     from .plugins import default_plugins
-    from .recipe import recipe_model
+    from .recipe import recipe_json_schema
     from .weights.io import atomic_write_text
 
-    text = json.dumps(recipe_model(default_plugins().registry).model_json_schema(), indent=2) + "\n"
+    text = json.dumps(recipe_json_schema(default_plugins().registry), indent=2) + "\n"
     if args.output:
         atomic_write_text(args.output, text)
         console.print(f"wrote {escape(str(args.output))}")
@@ -215,7 +225,7 @@ def _schema(args, console):
 
 
 def _weights_import(args, console):
-    from .weights.import_sam import import_checkpoint
+    from .weights.imports import import_checkpoint
 
     out, digest = import_checkpoint(args.source, args.output, args.variant, args.format)
     console.print(f"wrote {escape(str(out))}\nsha256 {digest}")
@@ -229,7 +239,7 @@ def _data_convert(args, console):
 
 def _evaluate(args, console):
     from .eval.evaluate import evaluate, summary_table
-    from .runner import load_run
+    from .flows.segment import load_run
 
     recipe, adapter, model = load_run(args.run_dir)
     policies = args.policy or recipe.eval.policies
@@ -249,7 +259,7 @@ def _explain(args, console):
     import numpy as np
 
     from .eval.explain import encoder_heatmap, read_diagnostics, save_diagnostics_plot, save_heatmaps
-    from .runner import load_run
+    from .flows.segment import load_run
 
     maps, image = {}, None
     diagnostics = {run_dir.name: read_diagnostics(run_dir / "metrics.jsonl") for run_dir in args.runs}
@@ -269,7 +279,7 @@ def _explain(args, console):
 
 def _predict(args, console):
     from .predict import check_output_names, predict_files
-    from .runner import load_run
+    from .flows.segment import load_run
 
     check_output_names(args.inputs, args.output)  # before the model is loaded
     recipe, adapter, model = load_run(args.run_dir)

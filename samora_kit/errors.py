@@ -21,6 +21,10 @@ class DuplicateComponentError(SamoraError):
     """Two plugins registered the same kind and name."""
 
 
+class PluginContractError(SamoraError):
+    """A plugin registered something that does not meet its kind's contract (samora_kit.interfaces)."""
+
+
 class DataError(SamoraError):
     """A data file is missing, unreadable or not what the recipe declares."""
 

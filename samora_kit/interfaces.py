@@ -1,10 +1,22 @@
-"""The small Protocols every plugin kind satisfies. Components are plain nn.Modules."""
+"""Every contract between the core and a plugin, as typed Protocols. Components are plain nn.Modules.
+
+Three layers:
+- what each component kind *is* (Backbone, Decoder, PretextTask, Teacher, Fuser, DatasetAdapter);
+- optional capabilities the core uses when a component has them (ParameterGroups, Diagnostics,
+  EpochAware, DecoderObjective, UnlabelledSource, ExpertPackSource, EncoderExport, ContinualPretraining);
+- one factory Protocol per kind: the signature `registry.add` checks (FACTORY_CONTEXT).
+
+The core never asks `hasattr`: it asks `isinstance(x, Capability)` against one of these.
+`docs/plugins.md` explains each with an example.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import torch
+from torch.utils.data import Dataset
 
 from .data.volume import Volume
 
@@ -32,6 +44,7 @@ class Backbone(Protocol):
     image_size: int
     embed_channels: int
     embed_grid: int
+    checkpoint_path: Path | None  # the frozen base's weights file; None: random weights (saved with each run)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -124,3 +137,129 @@ class DatasetAdapter(Protocol):
         ...
 
     def load_case(self, case_id: str) -> Volume: ...
+
+
+# --- optional capabilities -------------------------------------------------------------------------
+
+
+@runtime_checkable
+class EpochAware(Protocol):
+    """An objective or dataset whose behaviour depends on the epoch (H-SAM's decoder weighting, a
+    pool's per-epoch view sampling); the loop calls `set_epoch` at the start of every epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class DecoderObjective(Protocol):
+    """A decoder that brings its own training objective (H-SAM's two decoders); others train with
+    SAMed's Dice + CE on the single output. The returned module maps (images, labels) to a dict with
+    `loss` (every other scalar in it is logged)."""
+
+    def objective(self, model: torch.nn.Module, ce_weight: float, dice_weight: float) -> torch.nn.Module: ...
+
+
+@runtime_checkable
+class UnlabelledSource(Protocol):
+    """A dataset adapter for self-supervised pre-training: images only, as a Dataset of B,3,S,S
+    tensors in [0, 1] at the backbone's input size."""
+
+    def slice_dataset(self, image_size: int) -> Dataset: ...
+
+
+@runtime_checkable
+class ExpertPackSource(Protocol):
+    """A backbone that trains one LoRA expert in stage 1 and writes it as an expert pack."""
+
+    def write_expert_pack(self, path: Path, expert: str, *, provenance: dict[str, Any],
+                          extra_header: dict[str, Any]) -> Path:
+        """Write the trained LoRA atomically; `provenance` holds pretext, teacher, teacher_cpt and
+        data_fingerprint; `extra_header` is merged into the header. Returns `path`."""
+        ...
+
+
+@runtime_checkable
+class EncoderExport(Protocol):
+    """A backbone whose whole image encoder can be trained from scratch and saved in its official
+    key layout (recipes with `task = "pretrain_base"`)."""
+
+    def train_whole_encoder(self) -> None:
+        """Make every encoder weight trainable and everything else (LoRA) frozen."""
+        ...
+
+    def export_encoder(self, path: Path, header: dict[str, Any]) -> str:
+        """Write the encoder (checksummed, with a sha256 sidecar); return its sha256 digest."""
+        ...
+
+
+@runtime_checkable
+class ContinualPretraining(Protocol):
+    """A teacher that can be adapted to the unlabelled scans before it teaches (`teacher.cpt = true`)."""
+
+    def cpt_objective(self) -> torch.nn.Module:
+        """The module the loop trains: images -> dict with `loss`."""
+        ...
+
+    def cpt_tensors(self) -> dict[str, torch.Tensor]:
+        """What continual pre-training changed, to save."""
+        ...
+
+    def load_cpt(self, path: Path) -> None:
+        """Load what `cpt_tensors` saved and freeze again."""
+        ...
+
+
+# --- factories: what `registry.add(kind, name, Config, factory)` accepts ---------------------------
+
+FuserFactory = Callable[[int, int, list[str]], torch.nn.Module]  # (dim, num_heads, expert names) -> fuser
+
+
+class BackboneFactory(Protocol):
+    def __call__(self, config: Any, *, fuser: FuserFactory | None = None) -> Backbone: ...
+
+
+class PretextFactory(Protocol):
+    def __call__(self, config: Any, *, backbone: PretrainableBackbone, teacher: Teacher | None = None
+                 ) -> PretextTask: ...
+
+
+class TeacherFactory(Protocol):
+    def __call__(self, config: Any) -> Teacher: ...
+
+
+class FuserComponentFactory(Protocol):
+    def __call__(self, config: Any, *, dim: int, num_heads: int, expert_names: list[str]) -> Fuser: ...
+
+
+class DecoderFactory(Protocol):
+    def __call__(self, config: Any, *, backbone: Backbone, num_classes: int) -> Decoder: ...
+
+
+class DatasetFactory(Protocol):
+    def __call__(self, config: Any) -> DatasetAdapter: ...
+
+
+class ImporterFactory(Protocol):
+    def __call__(self, config: Any, *, src: Path, out: Path) -> tuple[Path, str]:
+        """Convert the official checkpoint `src` into `out`; return (out, sha256 of out)."""
+        ...
+
+
+class ConverterFactory(Protocol):
+    def __call__(self, config: Any, *, src: Path, dst: Path) -> Path:
+        """Convert a downloaded dataset at `src` into a folder `dst` an adapter reads; return `dst`."""
+        ...
+
+
+# kind -> (keyword-only arguments the core passes, of which the factory must accept all;
+#          the Protocol stating the signature)
+FACTORY_CONTEXT: dict[str, tuple[tuple[str, ...], type]] = {
+    "backbone": (("fuser",), BackboneFactory),
+    "pretext": (("backbone", "teacher"), PretextFactory),
+    "teacher": ((), TeacherFactory),
+    "fuser": (("dim", "num_heads", "expert_names"), FuserComponentFactory),
+    "decoder": (("backbone", "num_classes"), DecoderFactory),
+    "dataset": ((), DatasetFactory),
+    "importer": (("src", "out"), ImporterFactory),
+    "converter": (("src", "dst"), ConverterFactory),
+}

@@ -1,11 +1,14 @@
 """TOML recipe -> validated pydantic objects. A recipe is data: no eval, no imports.
 
-Component tables (`backbone`, `data`, `decoder`, `fuser`, and each expert's `pretext` and
-`teacher`) pick a registered component with `name = "..."`; the rest of the table is checked
-against that component's config. A recipe does one thing: segmentation (`[decoder]`), stage-1
-expert pre-training (`[[experts]]`) or base-encoder pre-training (`[base_pretraining]`).
-`base = "other.toml"` merges the recipe over another. Every problem is collected into one
-RecipeError with key paths and did-you-mean hints.
+`task` says what a recipe does, and each task has its own schema, so a key that would do nothing
+is an error: "segment" (train a decoder on labelled scans, evaluate it), "pretrain_experts"
+(SAMora stage 1: one LoRA expert per [[experts]] entry) or "pretrain_base" (an image encoder from
+scratch). Component tables (`backbone`, `data`, `decoder`, `fuser`, and each expert's `pretext`
+and `teacher`) pick a registered component with `name = "..."`; the rest of the table is checked
+against that component's config. `base = "other.toml"` merges the recipe over another (tables key
+by key; a table naming another component replaces the base's; lists replace). Every path written
+in a recipe resolves relative to the recipe file that holds it (recipe_paths.py). Every problem is
+collected into one RecipeError with key paths and did-you-mean hints.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from .data.slices import AugmentConfig
 from .errors import RecipeError
+from .recipe_paths import pick_member, resolve_paths
 from .registry import Registry, did_you_mean
 from .train.schedule import DEFAULT_WARMUP
+
+TASKS = ("segment", "pretrain_experts", "pretrain_base")
 
 # recipe key -> registry kind of the component it names
 COMPONENT_KEYS = {"backbone": "backbone", "decoder": "decoder", "data": "dataset", "fuser": "fuser",
@@ -44,6 +51,8 @@ class PluginsSection(Strict):
 
 
 class TrainSection(Strict):
+    """What every task's training loop reads."""
+
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(12, ge=1)  # global batch, split across ranks
     lr: float = Field(0.005, gt=0)  # the decoder's (stage 1: the pretext head's) and any part without its own below
@@ -53,8 +62,6 @@ class TrainSection(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     warmup: int | float = DEFAULT_WARMUP  # an integer: optimizer steps; a float in [0, 1): a fraction of the run
     poly_power: float = Field(0.9, gt=0)
-    ce_weight: float = Field(0.2, ge=0)
-    dice_weight: float = Field(0.8, ge=0)
     checkpoint_every: int = Field(200, ge=1)  # optimizer steps
     log_every: int = Field(10, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, nesterov
@@ -62,9 +69,7 @@ class TrainSection(Strict):
     grad_clip: float | None = Field(None, gt=0)  # clip the gradients' global norm to this (None: no clipping)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU; fp16: CUDA, loss-scaled
     max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs, benchmarks)
-    foreground_only: bool = False  # train only on slices that contain a label
     num_workers: int = Field(0, ge=0)  # data-loading processes per rank
-    augment: AugmentConfig = AugmentConfig()
 
     @field_validator("warmup")
     @classmethod
@@ -77,6 +82,15 @@ class TrainSection(Strict):
             raise ValueError(f"{warmup} as a fraction of the run must be in [0, 1); give whole steps as an "
                              "integer (warmup = 250) or a fraction (warmup = 0.1)")
         return warmup
+
+
+class SegmentTrainSection(TrainSection):
+    """Training on labelled slices: the loss weights, the slice choice and the augmentation."""
+
+    ce_weight: float = Field(0.2, ge=0)
+    dice_weight: float = Field(0.8, ge=0)
+    foreground_only: bool = False  # train only on slices that contain a label
+    augment: AugmentConfig = AugmentConfig()
 
 
 class EvalSection(Strict):
@@ -104,60 +118,91 @@ def component_type(registry: Registry, kind: str) -> Any:
     return Annotated[Union[tuple(variants)], Field(discriminator="name")]
 
 
-def recipe_model(registry: Registry) -> type[BaseModel]:
-    """The pydantic model of a recipe with the installed plugins' components."""
-    expert = create_model("ExpertEntry", __base__=Strict, name=(str, ...),
-                          pretext=(component_type(registry, "pretext"), ...),
-                          teacher=(Optional[component_type(registry, "teacher")], None))
-
-    base = create_model("BasePretraining", __base__=Strict, pretext=(component_type(registry, "pretext"), ...))
-
-    def check_purpose(recipe):
-        purposes = [recipe.decoder is not None, bool(recipe.experts), recipe.base_pretraining is not None]
-        if sum(purposes) != 1:
-            raise ValueError("a recipe does one thing: segmentation ([decoder]), stage-1 expert "
-                             "pre-training ([[experts]]) or pre-training a base encoder ([base_pretraining])")
-        names = [e.name for e in recipe.experts]
-        if len(set(names)) != len(names):
-            raise ValueError(f"experts: names {names} must be unique")
-        return recipe
-
-    fields: dict[str, Any] = {
+def recipe_model(registry: Registry, task: str) -> type[BaseModel]:
+    """The pydantic model of a recipe of `task` with the installed plugins' components."""
+    common: dict[str, Any] = {
+        "task": (Literal[task], ...),
         "run": (RunSection, RunSection()),
         "plugins": (PluginsSection, PluginsSection()),
-        "train": (TrainSection, TrainSection()),
-        "eval": (EvalSection, EvalSection()),
         "backbone": (component_type(registry, "backbone"), ...),
         "data": (component_type(registry, "dataset"), ...),
-        "decoder": (Optional[component_type(registry, "decoder")], None),
-        "fuser": (Optional[component_type(registry, "fuser")], None),
-        "experts": (list[expert], []),
-        "pretrain": (Optional[PretrainSection], None),
-        "base_pretraining": (Optional[base], None),
-        "compare": (Optional[CompareSection], None),
     }
-    return create_model("Recipe", __base__=Strict, __validators__={
-        "check_purpose": model_validator(mode="after")(check_purpose)}, **fields)
+    validators = {}
+    if task == "segment":
+        fields = {"train": (SegmentTrainSection, SegmentTrainSection()),
+                  "eval": (EvalSection, EvalSection()),
+                  "decoder": (component_type(registry, "decoder"), ...),
+                  "fuser": (Optional[component_type(registry, "fuser")], None),
+                  "pretrain": (Optional[PretrainSection], None),
+                  "compare": (Optional[CompareSection], None)}
+    elif task == "pretrain_experts":
+        expert = create_model("ExpertEntry", __base__=Strict, name=(str, ...),
+                              pretext=(component_type(registry, "pretext"), ...),
+                              teacher=(Optional[component_type(registry, "teacher")], None))
+
+        def unique_names(recipe):
+            names = [e.name for e in recipe.experts]
+            if len(set(names)) != len(names):
+                raise ValueError(f"experts: names {names} must be unique")
+            return recipe
+
+        fields = {"train": (TrainSection, TrainSection()), "experts": (list[expert], Field(..., min_length=1))}
+        validators["unique_names"] = model_validator(mode="after")(unique_names)
+    elif task == "pretrain_base":
+        base = create_model("BasePretraining", __base__=Strict, pretext=(component_type(registry, "pretext"), ...))
+        fields = {"train": (TrainSection, TrainSection()), "base_pretraining": (base, ...)}
+    else:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return create_model(f"Recipe_{task}", __base__=Strict, __validators__=validators, **common, **fields)
+
+
+def recipe_json_schema(registry: Registry) -> dict:
+    """One JSON schema for every task's recipe (chosen by `task`), installed plugins included."""
+    models = tuple(recipe_model(registry, task) for task in TASKS)
+    return TypeAdapter(Annotated[Union[models], Field(discriminator="task")]).json_schema()
+
+
+def task_of(raw: dict) -> tuple[str | None, list[str]]:
+    """The recipe's task, or None and the problem (a hint from the sections present when it is missing)."""
+    task = raw.get("task")
+    if isinstance(task, str) and task in TASKS:
+        return task, []
+    if task is None:
+        hint = next((f' (this recipe has [{key}]: task = "{t}")' for key, t in
+                     (("decoder", "segment"), ("experts", "pretrain_experts"), ("base_pretraining", "pretrain_base"))
+                     if key in raw), "")
+        return None, [f"task: required key is missing; expected one of {', '.join(map(repr, TASKS))}{hint}"]
+    return None, [f"task = {task!r}: unknown task{did_you_mean(task, TASKS)}; expected one of "
+                  f"{', '.join(map(repr, TASKS))}"]
 
 
 def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ()):
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
     path = Path(path)
-    raw = _read_with_bases(path, [])
+    raw = _read_with_bases(path, [], registry)
     problems = [p for item in _component_switches_first(list(overrides)) for p in _apply_override(raw, item)]
-    recipe = None
-    try:
-        recipe = recipe_model(registry).model_validate(raw)
-    except ValidationError as exc:
-        problems += [_describe(err, raw, registry) for err in exc.errors()]
     problems += _check_plugins(raw, registry)
-    if problems:
-        raise RecipeError(str(path), problems)
+    recipe, validation_problems = _validate(raw, registry)
+    if problems or validation_problems:
+        raise RecipeError(str(path), problems + validation_problems)
     return recipe
 
 
-def _read_with_bases(path: Path, seen: list[Path]) -> dict:
-    """The recipe's tables merged over those of its `base` recipe (a path relative to it)."""
+def _validate(raw: dict, registry: Registry) -> tuple[Any, list[str]]:
+    """(the recipe, []) or (None, every problem)."""
+    task, problems = task_of(raw)
+    if task is None:
+        return None, problems
+    model = recipe_model(registry, task)
+    try:
+        return model.model_validate(raw), []
+    except ValidationError as exc:
+        return None, [_describe(err, raw, registry, model) for err in exc.errors()]
+
+
+def _read_with_bases(path: Path, seen: list[Path], registry: Registry) -> dict:
+    """The recipe's tables merged over those of its `base` recipe (a path relative to it), every path
+    in each file resolved from that file's folder."""
     try:
         text = path.read_text()
         raw = tomllib.loads(text)
@@ -174,13 +219,21 @@ def _read_with_bases(path: Path, seen: list[Path]) -> dict:
         raise RecipeError(str(path), [toml_problem(text, exc)]) from None
     base = raw.pop("base", None)
     if base is None:
+        resolve_paths(raw, path.parent, _models_for(raw, registry))
         return raw
     if not isinstance(base, str) or not base.strip():
         raise RecipeError(str(path), [f"base = {base!r}: expected the path of another recipe file, as a string"])
     base_path = (path.parent / base).resolve()
     if base_path in seen:
         raise RecipeError(str(path), [f"base = {base!r} makes a cycle: {' -> '.join(map(str, seen))}"])
-    return _merge(_read_with_bases(base_path, [*seen, path.resolve()]), raw)
+    below = _read_with_bases(base_path, [*seen, path.resolve()], registry)
+    resolve_paths(raw, path.parent, _models_for({**below, **raw}, registry), below)
+    return _merge(below, raw)
+
+
+def _models_for(raw: dict, registry: Registry) -> list[type[BaseModel]]:
+    """Every task's recipe model, the recipe's own task first (it reads the file's paths)."""
+    return [recipe_model(registry, t) for t in sorted(TASKS, key=lambda t: t != raw.get("task"))]
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -195,13 +248,15 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def parse_recipe_text(text: str, registry: Registry, source: str = "<recipe>"):
+    """A resolved recipe (a run folder's recipe.resolved.toml: paths already absolute)."""
     try:
         raw = tomllib.loads(text)
-        return recipe_model(registry).model_validate(raw)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(source, [toml_problem(text, exc)]) from None
-    except ValidationError as exc:
-        raise RecipeError(source, [_describe(e, raw, registry) for e in exc.errors()]) from None
+    recipe, problems = _validate(raw, registry)
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
 
 
 def toml_problem(text: str, exc: tomllib.TOMLDecodeError) -> str:
@@ -286,7 +341,7 @@ def _check_plugins(raw: dict, registry: Registry) -> list[str]:
     return problems
 
 
-def _describe(err: dict, raw: dict, registry: Registry) -> str:
+def _describe(err: dict, raw: dict, registry: Registry, recipe_type: type[BaseModel]) -> str:
     loc = _strip_tags(list(err["loc"]), raw)
     key = ".".join(str(p) for p in loc) or "(recipe)"
     value = _lookup(raw, loc)
@@ -294,8 +349,12 @@ def _describe(err: dict, raw: dict, registry: Registry) -> str:
     kind = err["type"]
     component = next((COMPONENT_KEYS[p] for p in reversed(loc) if p in COMPONENT_KEYS), None)
     if kind == "extra_forbidden":
-        model = _model_at(recipe_model(registry), loc[:-1], raw)
+        model = _model_at(recipe_type, loc[:-1], raw)
         siblings = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        owners = [t for t in TASKS if len(loc) == 1 and loc[0] in recipe_model(registry, t).model_fields]
+        if owners:  # a section of another task: the recipe says the wrong task, or holds a key that does nothing
+            return (f"{key}{shown}: unknown key for task = {raw.get('task')!r}; it belongs to "
+                    f"{' and '.join(f'task = {t!r}' for t in owners)} recipes")
         return f"{key}{shown}: unknown key{did_you_mean(loc[-1], siblings)}"
     if kind == "union_tag_invalid" and loc and loc[-1] in COMPONENT_KEYS:  # reported on the table itself
         loc = [*loc, "name"]
@@ -342,7 +401,7 @@ def _model_at(model: Any, loc: list, raw: Any) -> Any:
     """The config model that validates the table at `loc` (for did-you-mean hints)."""
     node, value = model, raw
     for part in loc:
-        node = _pick(node, value)
+        node = pick_member(node, value)
         if isinstance(part, int):
             node = get_args(node)[0] if get_origin(node) is list else None
             value = _lookup(value, [part])
@@ -350,23 +409,7 @@ def _model_at(model: Any, loc: list, raw: Any) -> Any:
         if not (isinstance(node, type) and issubclass(node, BaseModel)) or part not in node.model_fields:
             return None
         node, value = node.model_fields[part].annotation, _lookup(value, [part])
-    return _pick(node, value)
-
-
-def _pick(annotation: Any, value: Any) -> Any:
-    """Unwrap Annotated/Optional/Union, choosing the union member named by value['name']."""
-    if get_origin(annotation) is Annotated:
-        return _pick(get_args(annotation)[0], value)
-    if get_origin(annotation) is Union:
-        members = [m for m in get_args(annotation) if m is not type(None)]
-        name = value.get("name") if isinstance(value, dict) else None
-        for m in members:
-            m = _pick(m, value)
-            if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields \
-                    and get_args(m.model_fields["name"].annotation) == (name,):
-                return m
-        return _pick(members[0], value) if len(members) == 1 else annotation
-    return annotation
+    return pick_member(node, value)
 
 
 def _drop_none(node):

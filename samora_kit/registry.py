@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import DuplicateComponentError, SamoraError
+from .errors import DuplicateComponentError, PluginContractError, SamoraError
+from .interfaces import FACTORY_CONTEXT
 
 # model and data components recipes choose by name, then the tools behind `samora-kit weights import`
 # (an official checkpoint format -> safetensors) and `samora-kit data convert` (a download -> a folder)
@@ -50,6 +52,10 @@ class Registry:
             other = self._specs[kind][name].source
             raise DuplicateComponentError(
                 f"{kind} {name!r} is registered twice: by {other} and by {self._source}")
+        check_factory(kind, name, factory)
+        if not (isinstance(config_model, type) and issubclass(config_model, BaseModel)):
+            raise PluginContractError(f"{kind} {name!r}: the config model must be a pydantic BaseModel "
+                                      f"subclass (samora_kit.registry.ComponentConfig), got {config_model!r}")
         spec = ComponentSpec(kind, name, config_model, factory, self._source,
                              summary or (factory.__doc__ or "").strip().split("\n")[0], example or {})
         self._specs[kind][name] = spec
@@ -74,6 +80,42 @@ class Registry:
     def registering_as(self, source: str) -> "Registry":
         self._source = source
         return self
+
+
+def check_factory(kind: str, name: str, factory: Callable[..., Any]) -> None:
+    """A factory takes its config as the one positional argument and accepts, by keyword, every
+    argument the core passes to its kind (FACTORY_CONTEXT); it may require nothing else."""
+    context, protocol = FACTORY_CONTEXT[kind]
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_any_keyword = any(p.kind == p.VAR_KEYWORD for p in params)
+    problems = []
+    if not positional and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        problems.append("it takes no positional argument for the config")
+    rest = [p for p in params if p not in positional[:1]]
+    accepted = {p.name for p in rest if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    missing = [c for c in context if c not in accepted and not takes_any_keyword]
+    if missing:
+        problems.append(f"it does not accept {', '.join(missing)} as keyword argument(s)")
+    required = [p.name for p in rest if p.default is p.empty and p.name not in context
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        problems.append(f"it requires {', '.join(required)}, which the core never passes")
+    if problems:
+        expected = "config" + (", *, " + ", ".join(context) if context else "")
+        raise PluginContractError(
+            f"{kind} {name!r}: factory {getattr(factory, '__qualname__', factory)}{_signature(factory)} does not "
+            f"match the {kind} contract {protocol.__name__}({expected}): {'; '.join(problems)}")
+
+
+def _signature(factory) -> str:
+    try:
+        return str(inspect.signature(factory))
+    except (TypeError, ValueError):
+        return "(...)"
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -52,6 +52,8 @@ def tiny_recipe(data_root: Path, run_dir: Path, train_cases: list[str], test_cas
              "log_every": 1, **train}
     train_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in train.items())
     return f"""
+task = "segment"
+
 [run]
 name = "test"
 output_dir = "{run_dir}"
@@ -83,7 +85,10 @@ overlays = 1
 def pool_recipe(data_root: Path, run_dir: Path, seed: int, max_steps: int, tail: str) -> str:
     """A self-supervised recipe for the tiny SAM on a synthetic folder's images; `tail` says
     what it trains ([[experts]] entries or [base_pretraining])."""
+    task = "pretrain_experts" if "[[experts]]" in tail else "pretrain_base"
     return f"""
+task = "{task}"
+
 [run]
 name = "{run_dir.name}"
 output_dir = "{run_dir}"

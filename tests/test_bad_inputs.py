@@ -77,7 +77,7 @@ def _truncate(path: Path) -> None:
 
 def _pack(w: World, rank: int = 4) -> Path:
     from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
-    from samora_kit.weights.expert_pack import save_expert_pack
+    from samora_kit_plugins.lora.expert_pack import save_expert_pack
 
     backbone = build_sam_backbone(SamBackboneConfig(variant="tiny", image_size=64, lora={"rank": rank}))
     pack = backbone.expert_pack("image", pretext="simclrv2")
@@ -122,9 +122,11 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
                                  ["base = 5: expected the path of another recipe file, as a string"]),
     "recipe: base is a folder": (lambda w: ["validate", w.write("dot.toml", 'base = "."\n')], 2,
                                  ["is a folder; expected a recipe file"]),
-    "recipe: two purposes": (lambda w: ["validate", w.write("two.toml", w.recipe.read_text()
-                                                            + '\n[base_pretraining]\npretext = { name = "mae" }\n')], 2,
-                             ["a recipe does one thing"]),
+    "recipe: a key of another task": (lambda w: ["validate", w.write("two.toml", w.recipe.read_text()
+                                                                     + '\n[base_pretraining]\npretext = { name = "mae" }\n')],
+                                       2, ["base_pretraining = ", "unknown key for task = 'segment'; it belongs to task = 'pretrain_base' recipes"]),
+    "recipe: no task": (lambda w: ["validate", w.write("notask.toml", w.recipe.read_text().replace('task = "segment"', ""))],
+                        2, ["task: required key is missing", '[decoder]: task = "segment"']),
     "recipe: missing plugin": (lambda w: ["validate", w.write("req.toml", w.recipe.read_text()
                                                               + '\n[plugins]\nrequire = ["jigsaw"]\n')], 2,
                                ["plugins.require: plugin 'jigsaw' is not installed"]),
@@ -156,7 +158,7 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
                                             2, ["order entry 'imag' is not an expert"]),
     # --- data --------------------------------------------------------------------------------------
     "data: missing folder": (lambda w: ["run", w.recipe, f"data.root={w.root / 'nowhere'}"], 2,
-                             ["nowhere: no such folder"]),
+                             ["data.root = '", "nowhere': no such file or folder"]),
     "data: no dataset.json": (lambda w: ["run", w.recipe, f"data.root={w.data_copy(lambda d: (d / 'dataset.json').unlink())}"],
                               2, ["dataset.json: no such file"]),
     "data: dataset.json not JSON": (lambda w: ["run", w.recipe, f"data.root={w.data_copy(lambda d: (d / 'dataset.json').write_text('{'))}"],
@@ -179,7 +181,7 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
         lambda d: _truncate(d / "labelsTr" / "case_001.nii.gz")))], 2, ["case_001.nii.gz", "unreadable or truncated"]),
     # --- weights -----------------------------------------------------------------------------------
     "weights: missing checkpoint": (lambda w: ["run", w.recipe, f"backbone.checkpoint={w.root / 'sam.safetensors'}"], 2,
-                                    ["sam.safetensors: no such weights file; import the official .pth first"]),
+                                    ["backbone.checkpoint = ", "sam.safetensors': no such file or folder"]),
     "weights: not safetensors": (lambda w: ["run", w.recipe, f"backbone.checkpoint={w.write('sam.safetensors', b'junk')}"],
                                  2, ["sam.safetensors: not a safetensors file"]),
     "weights: wrong sha256": (lambda w: ["run", w.recipe, f"backbone.checkpoint={w.done / 'weights.safetensors'}",

@@ -21,7 +21,8 @@ from rich.console import Console
 
 from samora_kit.cli import main
 from samora_kit.errors import CheckpointError
-from samora_kit.runner import load_run, run
+from samora_kit.flows.segment import load_run
+from samora_kit.runner import run
 from samora_kit.weights.io import load_weights
 
 from .conftest import shared_dataset
@@ -36,6 +37,8 @@ EPOCHS = 16
 # 7 steps of 4 per epoch. Seeds 1-4 and 7 reach mean Dice 0.26-0.38 after these 112 steps; an
 # empty prediction scores 0, and one painted all over the volume about 0.05.
 RECIPE = """
+task = "segment"
+
 [run]
 name = "e2e-hippocampus"
 output_dir = "{run_dir}"
@@ -53,8 +56,8 @@ name = "samed"
 [data]
 name = "decathlon"
 root = "{root}"
-train = {{ split_file = "split.json", key = "support_sets.k1.0" }}
-test = {{ split_file = "split.json", key = "test", count = {n_test} }}
+train = {{ split_file = "{root}/split.json", key = "support_sets.k1.0" }}
+test = {{ split_file = "{root}/split.json", key = "test", count = {n_test} }}
 
 [train]
 epochs = {epochs}
@@ -88,7 +91,8 @@ def _steps(run_dir: Path) -> list[dict]:
 def test_run_folder_holds_recipe_environment_logs_and_weights(trained):
     resolved = tomllib.loads((trained / "recipe.resolved.toml").read_text())
     assert resolved["train"]["epochs"] == EPOCHS and resolved["train"]["weight_decay"] == 0.1
-    assert resolved["data"]["train"] == {"split_file": "split.json", "key": "support_sets.k1.0", "seed": 1234}
+    assert resolved["data"]["train"] == {"split_file": str(shared_dataset("msd_hippocampus") / "split.json"),
+                                         "key": "support_sets.k1.0", "seed": 1234}
 
     env = json.loads((trained / "env.json").read_text())
     assert env["torch"] == torch.__version__
@@ -197,7 +201,7 @@ def test_weights_refuse_a_model_of_another_architecture(trained, tmp_path):
 def test_explain_writes_encoder_heat_maps_side_by_side(trained, tmp_path, capsys):
     from samora_kit.cli import main
     from samora_kit.eval.explain import encoder_heatmap
-    from samora_kit.runner import load_run
+    from samora_kit.flows.segment import load_run
 
     _, adapter, model = load_run(trained)
     case = adapter.cases("test")[0]

@@ -9,8 +9,8 @@ from segment_anything.modeling.image_encoder import window_partition, window_unp
 from torch import nn
 
 from samora_kit.errors import CheckpointError, SamoraError
-from samora_kit.weights.expert_pack import (ExpertPack, check_compatible, load_expert_pack, save_expert_pack)
 from samora_kit.weights.io import load_weights, save_weights
+from samora_kit_plugins.lora.expert_pack import ExpertPack, check_compatible, load_expert_pack, save_expert_pack
 from samora_kit_plugins.sam import (LoRAQKV, SamBackbone, SamBackboneConfig, build_image_encoder,
                                     build_sam_backbone, sam_attention_sdpa)
 
@@ -443,7 +443,7 @@ class Fixed(nn.Module):
 def test_variants_attention_equals_sam_attention_per_variant(targets, window):
     """The batched K+1-variant attention (shared k/v not copied, relative positions folded into
     the q.k matmul) equals SAM's own Attention run once per variant, values and gradients."""
-    from samora_kit_plugins.sam.experts import ExpertsQKV
+    from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
     from samora_kit_plugins.sam.variant_attention import low_rank_variants_attention, variants_attention
     from segment_anything.modeling.image_encoder import Block
 

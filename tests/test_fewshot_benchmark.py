@@ -11,9 +11,9 @@ import torch
 
 from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
-from samora_kit.runner import seed_everything
+from samora_kit.flows.common import seed_everything
 from samora_kit.train.model import build_model
-from samora_kit.weights.import_sam import save_sam_layout
+from samora_kit_plugins.lora.checkpoints import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 
 REPO = Path(__file__).resolve().parents[1]

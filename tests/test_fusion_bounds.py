@@ -12,7 +12,7 @@ import torch
 from samora_kit.cli import main
 from samora_kit.runner import run
 from samora_kit.train.optim import FUSER_LR_FACTOR
-from samora_kit.weights.expert_pack import save_expert_pack
+from samora_kit_plugins.lora.expert_pack import save_expert_pack
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 
 from .synthetic import tiny_recipe, write_decathlon

@@ -14,8 +14,9 @@ from samora_kit.cli import main
 from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
 from samora_kit.runner import run
-from samora_kit.weights.import_sam import import_checkpoint, save_sam_layout
+from samora_kit.weights.imports import import_checkpoint
 from samora_kit_plugins.decoders.samed2 import Samed2Decoder, official_key
+from samora_kit_plugins.lora.checkpoints import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 from samora_kit_plugins.sam2 import Sam2BackboneConfig, build_sam2_backbone
 
@@ -70,6 +71,8 @@ def tiny_sam2_checkpoint(folder: Path) -> Path:
 
 def stage1_recipe(path: Path, run_dir: Path, host: str, checkpoint: Path, pool: Path) -> Path:
     path.write_text(f"""
+task = "pretrain_experts"
+
 [run]
 name = "{run_dir.name}"
 output_dir = "{run_dir}"
@@ -128,7 +131,7 @@ def test_model_recipe_runs_a_few_steps(recipe, world, tmp_path):
                  "train.epochs=1", "train.max_steps=2", "train.batch_size=2", "train.warmup=0",
                  "eval.overlays=0", *DATA_OVERRIDES[real.data.name](world)]
     if real.data.name == "synapse" and real.data.train is not None:  # the 10 % list -> a 2-slice list
-        overrides.append('data.train={ list_file = "lists/train_2.txt" }')
+        overrides.append(f'data.train={{ list_file = "{world["synapse"] / "lists" / "train_2.txt"}" }}')
     if real.fuser is not None:
         overrides += ["fuser.width=16", "fuser.heads=2"]
     if real.pretrain is not None:

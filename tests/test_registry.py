@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from samora_kit.errors import DuplicateComponentError, SamoraError
+from samora_kit.errors import DuplicateComponentError, PluginContractError, SamoraError
 from samora_kit.hookspecs import hookimpl
 from samora_kit.plugins import default_plugins, load_plugins
 from samora_kit.registry import KINDS, ComponentConfig, Registry
@@ -31,23 +31,51 @@ def test_every_kind_of_the_method_exists():
 
 def test_duplicate_name_is_an_error_not_an_overwrite():
     registry = Registry()
-    registry.registering_as("first").add("fuser", "toy", ToyConfig, build_toy)
+    registry.registering_as("first").add("teacher", "toy", ToyConfig, build_toy)
     with pytest.raises(DuplicateComponentError, match="registered twice: by first and by second"):
-        registry.registering_as("second").add("fuser", "toy", ToyConfig, build_toy)
+        registry.registering_as("second").add("teacher", "toy", ToyConfig, build_toy)
 
 
 def test_unknown_name_suggests_the_closest():
     registry = Registry()
-    registry.add("fuser", "hl_attn", ToyConfig, build_toy)
-    with pytest.raises(SamoraError, match="did you mean 'hl_attn'"):
-        registry.get("fuser", "hl_atn")
+    registry.add("teacher", "mae_vit", ToyConfig, build_toy)
+    with pytest.raises(SamoraError, match="did you mean 'mae_vit'"):
+        registry.get("teacher", "mae_vt")
 
 
 def test_config_rejects_unknown_keys_and_builds():
-    spec = Registry().add("fuser", "toy", ToyConfig, build_toy)
+    spec = Registry().add("teacher", "toy", ToyConfig, build_toy)
     assert spec.build({"width": 3}).in_features == 3
     with pytest.raises(Exception, match="widht"):
         spec.build({"widht": 3})
+
+
+def test_a_factory_must_match_its_kinds_signature():
+    def fuser_without_context(config):
+        return None
+
+    def fuser_wanting_more(config, *, dim, num_heads, expert_names, temperature):
+        return None
+
+    def fuser_taking_anything(config, **context):
+        return None
+
+    def fuser(config, *, dim: int, num_heads: int, expert_names: list[str]):
+        return None
+
+    registry = Registry()
+    with pytest.raises(PluginContractError, match=r"fuser 'a': factory .*fuser_without_context\(config\) does not "
+                                                  r"match the fuser contract FuserComponentFactory\(config, \*, dim, "
+                                                  r"num_heads, expert_names\): it does not accept dim, num_heads, "
+                                                  r"expert_names as keyword argument\(s\)"):
+        registry.add("fuser", "a", ToyConfig, fuser_without_context)
+    with pytest.raises(PluginContractError, match="it requires temperature, which the core never passes"):
+        registry.add("fuser", "b", ToyConfig, fuser_wanting_more)
+    with pytest.raises(PluginContractError, match="the config model must be a pydantic BaseModel"):
+        registry.add("fuser", "c", dict, fuser)
+    registry.add("fuser", "d", ToyConfig, fuser_taking_anything)
+    registry.add("fuser", "e", ToyConfig, fuser)
+    assert registry.names("fuser") == ["d", "e"]  # the refused ones left nothing behind
 
 
 class BrokenPlugin:

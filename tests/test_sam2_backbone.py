@@ -16,9 +16,11 @@ import samora_kit_plugins.sam2 as sam2_plugin
 from samora_kit.errors import CheckpointError, SamoraError
 from samora_kit.interfaces import FeaturePyramid, PretrainableBackbone
 from samora_kit.plugins import DISABLE_AUTOLOAD, load_plugins
-from samora_kit.weights.expert_pack import load_expert_pack, save_expert_pack
-from samora_kit.weights.import_sam import import_checkpoint, read_sam_weights, sidecar_path
-from samora_kit_plugins.sam import LoRAQKV
+from samora_kit.weights.checksummed import sidecar_path
+from samora_kit.weights.imports import import_checkpoint
+from samora_kit_plugins.lora import LoRAQKV
+from samora_kit_plugins.lora.checkpoints import read_sam_weights
+from samora_kit_plugins.lora.expert_pack import load_expert_pack, save_expert_pack
 from samora_kit_plugins.sam2 import (PIXEL_MEAN, PIXEL_STD, Sam2Backbone, Sam2BackboneConfig, build_sam2_backbone,
                                      image_encoder_node)
 from samora_kit_plugins.sam2.backbone import reference_encoder_state

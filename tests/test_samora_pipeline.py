@@ -10,9 +10,10 @@ import torch
 
 from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
-from samora_kit.runner import load_run, run
+from samora_kit.flows.segment import load_run
+from samora_kit.runner import run
 from samora_kit.train.model import build_model
-from samora_kit.weights.expert_pack import load_expert_pack
+from samora_kit_plugins.lora.expert_pack import load_expert_pack
 
 from .synthetic import STAGE1_EXPERTS, pool_recipe, tiny_recipe, write_decathlon
 

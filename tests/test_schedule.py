@@ -83,7 +83,8 @@ def test_validate_refuses_a_warm_up_that_outlasts_the_run_naming_both_numbers(tm
 
 
 def test_validate_says_when_it_cannot_read_the_data_to_check_the_length(tmp_path, data, capsys):
-    assert main(["validate", str(_recipe(tmp_path, data)), f"data.root={tmp_path / 'missing'}"]) == 0
+    (tmp_path / "not_yet_downloaded").mkdir()  # the folder is there, its dataset.json is not (yet)
+    assert main(["validate", str(_recipe(tmp_path, data)), f"data.root={tmp_path / 'not_yet_downloaded'}"]) == 0
     assert "# run length not checked, the training data could not be read" in capsys.readouterr().out
 
 

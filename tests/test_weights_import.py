@@ -11,8 +11,9 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 
 from samora_kit.errors import CheckpointError
-from samora_kit.weights.import_sam import read_sam_weights, sidecar_path
+from samora_kit.weights.checksummed import sidecar_path
 from samora_kit.weights.io import load_weights, save_weights, sha256_of
+from samora_kit_plugins.lora.checkpoints import read_sam_weights
 from samora_kit_plugins.sam import import_sam_checkpoint
 
 
@@ -149,7 +150,7 @@ def test_a_safetensors_file_of_another_format_is_refused(tmp_path):
 
 
 def test_import_names_unknown_formats_and_variants_of_another_format(tmp_path):
-    from samora_kit.weights.import_sam import import_checkpoint
+    from samora_kit.weights.imports import import_checkpoint
 
     with pytest.raises(CheckpointError, match=r"unknown checkpoint format 'sam3'; expected one of .*sam2"):
         import_checkpoint(tmp_path / "x.pt", tmp_path / "x.safetensors", format="sam3")

@@ -27,6 +27,7 @@ from samora_kit.data.selection import CaseSelection
 from samora_kit.data.slices import slice_to_model_input
 from samora_kit.data.volume import Volume
 from samora_kit.errors import DataError
+from samora_kit.extras import missing_message
 from samora_kit.registry import ComponentConfig, did_you_mean
 
 from .common import SplitCases, check_num_classes
@@ -152,8 +153,7 @@ def nilearn_data_dir() -> Path:
     spec = importlib.util.find_spec("nilearn")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise DataError("the mni152_demo dataset reads the MNI152 template shipped with nilearn, "
-                        "which is not installed: pip install nilearn")
+        raise DataError(missing_message("nilearn", "the mni152_demo dataset (the MNI152 template shipped inside nilearn)"))
     folder = Path(locations[0]) / "datasets" / "data"
     missing = [name for name in FILES.values() if not (folder / name).is_file()]
     if missing:

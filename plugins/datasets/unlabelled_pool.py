@@ -44,6 +44,7 @@ from samora_kit.data.selection import CaseSelection
 from samora_kit.data.slices import slice_to_model_input
 from samora_kit.data.volume import Volume
 from samora_kit.errors import DataError
+from samora_kit.extras import missing_message
 from samora_kit.registry import ComponentConfig, did_you_mean
 
 from .common import SplitCases, existing_dir
@@ -366,8 +367,7 @@ def _pydicom(path: Path):
     try:
         import pydicom
     except ImportError:
-        raise DataError(f"{path}: reading DICOM needs the pydicom package (pip install 'pydicom>=2.4'), "
-                        "or leave 'dcm' out of formats") from None
+        raise DataError(f"{path}: {missing_message('pydicom', 'reading DICOM')}; or leave 'dcm' out of formats") from None
     return pydicom
 
 

@@ -12,10 +12,10 @@ from torch import nn
 
 from samora_kit.errors import CheckpointError
 from samora_kit.hookspecs import hookimpl
-from samora_kit.interfaces import FeaturePyramid, embedding_of
+from samora_kit.interfaces import Backbone, FeaturePyramid, embedding_of
 from samora_kit.registry import ComponentConfig
-from samora_kit.weights.import_sam import ENCODER_ONLY_FORMATS, read_sam_weights
 from samora_kit.weights.io import read_header
+from samora_kit_plugins.lora.checkpoints import ENCODER_ONLY_FORMATS, read_sam_weights
 
 MASK_IN_CHANS = 16  # SAM's prompt encoder mask channels
 IOU_HEAD_HIDDEN = 256
@@ -116,12 +116,12 @@ def build_samed_decoder(config: SamedDecoderConfig, *, backbone, num_classes: in
     return decoder
 
 
-def pretrained_decoder_file(checkpoint: str | Path | None, backbone) -> Path | None:
+def pretrained_decoder_file(checkpoint: str | Path | None, backbone: Backbone) -> Path | None:
     """The file a SAM mask decoder starts from: "backbone" means the backbone's imported SAM file,
     unless that is a self-pre-trained encoder, which holds no decoder."""
     if checkpoint != "backbone":
         return None if checkpoint is None else Path(checkpoint)
-    path = getattr(backbone, "checkpoint_path", None)
+    path = backbone.checkpoint_path
     if path is None or read_header(path).get("format") in ENCODER_ONLY_FORMATS:
         return None
     return Path(path)

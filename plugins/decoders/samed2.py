@@ -8,16 +8,14 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from sam2.modeling.sam.mask_decoder import MaskDecoder
-from sam2.modeling.sam.prompt_encoder import PromptEncoder
-from sam2.modeling.sam.transformer import TwoWayTransformer
 from torch import nn
 
 from samora_kit.errors import CheckpointError, SamoraError
+from samora_kit.extras import require
 from samora_kit.hookspecs import hookimpl
 from samora_kit.interfaces import FeaturePyramid
 from samora_kit.registry import ComponentConfig
-from samora_kit.weights.import_sam import read_sam_weights
+from samora_kit_plugins.lora.checkpoints import read_sam_weights
 
 from .samed import check_widths, default_mlp_dim, pretrained_decoder_file
 
@@ -48,6 +46,11 @@ class Samed2Decoder(nn.Module):
 
     def __init__(self, num_classes: int, channels: int, grid: int, image_size: int,
                  transformer_depth: int = 2, mlp_dim: int | None = None, num_heads: int | None = None) -> None:
+        require("sam2", "the samed2 decoder")
+        from sam2.modeling.sam.mask_decoder import MaskDecoder
+        from sam2.modeling.sam.prompt_encoder import PromptEncoder
+        from sam2.modeling.sam.transformer import TwoWayTransformer
+
         super().__init__()
         heads = check_widths(num_classes, channels, num_heads)
         self.num_classes = num_classes

@@ -1,12 +1,12 @@
 """SAM ViT image encoder (B/L/H and a tiny test size) with SAMed-style LoRA or fused LoRA experts."""
 
 from samora_kit.hookspecs import hookimpl
+from samora_kit_plugins.lora import ExpertsConfig, ExpertsQKV, LoRAConfig, LoRAQKV
 
 from .backbone import SamBackbone, build_image_encoder, build_sam_backbone
 from .checkpoint_import import SamImportConfig, import_sam, import_sam_checkpoint
-from .config import SAM_PRESETS, ExpertsConfig, LoRAConfig, SamBackboneConfig, SamPreset
-from .experts import ExpertFusedBlock, ExpertsQKV
-from .lora import LoRAQKV
+from .config import SAM_PRESETS, SamBackboneConfig, SamPreset
+from .experts import ExpertFusedBlock
 from .variant_attention import sam_attention_sdpa, sdpa_attention, variants_attention
 
 __all__ = ["SAM_PRESETS", "import_sam_checkpoint", "ExpertFusedBlock", "ExpertsConfig", "ExpertsQKV", "LoRAConfig", "LoRAQKV", "SamBackbone",

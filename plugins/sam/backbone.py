@@ -10,12 +10,11 @@ from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
 from samora_kit.errors import CheckpointError, SamoraError
-from samora_kit.weights.import_sam import read_sam_weights
+from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
+from samora_kit_plugins.lora.checkpoints import read_sam_weights
 
 from .config import SAM_PRESETS, SamBackboneConfig
-from .expert_host import ExpertHost
-from .experts import FuserFactory, install_experts
-from .lora import LoRAQKV
+from .experts import install_experts
 from .pretrained import fit_encoder_state
 
 PATCH_SIZE = 16
@@ -113,6 +112,7 @@ class SamBackbone(ExpertHost, nn.Module):
         return sorted({depth * k // 4 - 1 for k in (1, 2, 3)} - {-1})
 
     ENCODER_ONLY_FORMAT = "sam-encoder"  # what a self-pre-trained base of this backbone is saved as
+    BACKBONE_PACKAGE = "segment-anything"  # where the architecture comes from: expert packs record its version
 
     def encoder_state_in_official_layout(self) -> dict[str, torch.Tensor]:
         """The encoder's own weights (no LoRA) under SAM's official `image_encoder.*` names."""

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from sam2.modeling.backbones.hieradet import Hiera
-from sam2.modeling.backbones.image_encoder import FpnNeck
-from sam2.modeling.position_encoding import PositionEmbeddingSine
 from torch import nn
 
 from samora_kit.errors import CheckpointError, SamoraError
+from samora_kit.extras import require
 from samora_kit.interfaces import FeaturePyramid
-from samora_kit.weights.import_sam import read_sam_weights
-from samora_kit_plugins.sam.expert_host import ExpertHost
-from samora_kit_plugins.sam.experts import FuserFactory
-from samora_kit_plugins.sam.lora import LoRAQKV
+from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
+from samora_kit_plugins.lora.checkpoints import read_sam_weights
 
 from .config import POS_TARGET, Sam2BackboneConfig, config_source, image_encoder_node, trunk_values
-from .experts import install_hiera_experts
+
+if TYPE_CHECKING:  # sam2 is an optional extra: imported where a trunk is built
+    from sam2.modeling.backbones.hieradet import Hiera
+    from sam2.modeling.backbones.image_encoder import FpnNeck
 
 ENCODER_PREFIX = "image_encoder."
 # SAM2 normalises [0, 1] images with the ImageNet statistics (sam2.utils.transforms.SAM2Transforms)
@@ -31,6 +31,11 @@ PIXEL_STD = (0.229, 0.224, 0.225)
 
 def build_trunk_and_neck(variant: str, config_file: Path | None = None) -> tuple[Hiera, FpnNeck, int]:
     """The official sam2 Hiera trunk, FpnNeck and scalp of `variant` (or `config_file`), random weights."""
+    require("sam2", "SAM2's Hiera image encoder")
+    from sam2.modeling.backbones.hieradet import Hiera
+    from sam2.modeling.backbones.image_encoder import FpnNeck
+    from sam2.modeling.position_encoding import PositionEmbeddingSine
+
     node = image_encoder_node(variant, config_file)
     source = config_source(variant, config_file)
     trunk = _construct(Hiera, trunk_values(node), source, "trunk")
@@ -115,6 +120,8 @@ class Sam2Backbone(ExpertHost, nn.Module):
             if fuser is None:
                 raise SamoraError(f"backbone.experts {config.experts.names} is configured, so a fuser is "
                                   "required: build_sam2_backbone(config, fuser=...), i.e. a recipe `fuser` section")
+            from .experts import install_hiera_experts  # imports sam2, checked by build_trunk_and_neck
+
             names = list(config.experts.names)
             for i in self.lora_blocks:
                 block = blocks[i]
@@ -163,6 +170,7 @@ class Sam2Backbone(ExpertHost, nn.Module):
     # --- weights -------------------------------------------------------------------------------------
 
     ENCODER_ONLY_FORMAT = "sam2-encoder"  # what a self-pre-trained base of this backbone is saved as
+    BACKBONE_PACKAGE = "sam2"  # where the architecture comes from: expert packs record its version
 
     def encoder_state_in_official_layout(self) -> dict[str, torch.Tensor]:
         """The trunk and neck weights (no LoRA) under SAM2's official `image_encoder.*` names."""

@@ -10,9 +10,9 @@ import torch
 from samora_kit import __version__
 from samora_kit.errors import CheckpointError
 from samora_kit.registry import ComponentConfig
-from samora_kit.weights.import_sam import save_sam_layout
 from samora_kit.weights.io import sha256_of
 from samora_kit.weights.pth import load_pth_state_dict
+from samora_kit_plugins.lora.checkpoints import save_sam_layout
 
 from .backbone import check_state, reference_encoder_state
 from .config import SAM2_VARIANTS, Sam2Variant, image_encoder_node, trunk_values

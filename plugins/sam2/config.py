@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import model_validator
 
 from samora_kit.errors import SamoraError
-from samora_kit_plugins.sam.config import LoRABackboneConfig
+from samora_kit.extras import require
+from samora_kit_plugins.lora.config import LoRABackboneConfig
 
 Sam2Variant = Literal["t", "s", "b+", "l", "tiny"]
 SAM2_VARIANTS = ("t", "s", "b+", "l", "tiny")
@@ -56,6 +57,8 @@ def image_encoder_node(variant: str, config_file: Path | None = None) -> DictCon
     if config_file is None and variant == "tiny":
         return OmegaConf.create(TINY_IMAGE_ENCODER)
     source = config_source(variant, config_file)
+    if config_file is None:  # a file inside the sam2 package (an optional extra)
+        require("sam2", f"the sam2 backbone's variant {variant!r}")
     try:
         if config_file is not None:
             text = Path(config_file).read_text()

@@ -3,7 +3,7 @@
 Per block: norm1 once, the (pooled) shortcut once, window partition once, the frozen qkv and every
 expert's deltas in one projection + one einsum (ExpertsQKV.variants), q-pooling per q variant,
 ONE scaled_dot_product_attention call for all K+1 variants [frozen, frozen+Δ_1, ..., frozen+Δ_K],
-then (scope "attention", as SAM's ExpertFusedBlock, sam/fusion_step.py) the frozen output
+then (scope "attention", as SAM's ExpertFusedBlock, lora/fusion_step.py) the frozen output
 projection folded into the fuser, so it runs once per block:
 
     x = shortcut + P(a_frozen) + Fuse(D),  D_i = P(a_i) - P(a_frozen);  x = x + mlp(norm2(x))
@@ -21,8 +21,8 @@ from sam2.modeling.backbones.hieradet import MultiScaleAttention, MultiScaleBloc
 from sam2.modeling.backbones.utils import window_partition, window_unpartition
 from torch import nn
 
-from samora_kit_plugins.sam.experts import ExpertsQKV
-from samora_kit_plugins.sam.fusion_step import FusionState, check_fuser, fold_fuser, fuse_attention, window_valid
+from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
+from samora_kit_plugins.lora.fusion_step import FusionState, check_fuser, fold_fuser, fuse_attention, window_valid
 
 
 def hiera_variants_attention(attn: MultiScaleAttention, q: torch.Tensor, k: torch.Tensor,

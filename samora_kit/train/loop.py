@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import SamoraError, TrainingDiverged
-from ..interfaces import Diagnostics
+from ..interfaces import Diagnostics, EpochAware
 from .checkpoint import load_training_state, save_training_state
 from .distributed import DistContext, any_rank, average_gradients, mean_over_ranks
 from .optim import build_optimizer, lr_metric
@@ -43,7 +43,7 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
           ctx: DistContext, resume: bool = False, header: dict | None = None,
           show_progress: bool = True) -> TrainResult:
     """Train `objective`'s trainable parameters; `objective(*batch)` returns a dict with `loss`
-    (plus scalars to log). `dataset` yields batches (tuples or tensors) and has set_epoch()."""
+    (plus scalars to log). `dataset` yields batches (tuples or tensors) and is EpochAware."""
     length = run_length(train_cfg, len(dataset), ctx.world_size)
     global_batch, steps_per_epoch, total = train_cfg.batch_size, length.steps_per_epoch, length.total
     local_batch = global_batch // ctx.world_size
@@ -72,7 +72,7 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
         objective.train()
         while step < total:
             epoch, position = divmod(step, steps_per_epoch)
-            if hasattr(objective, "set_epoch"):  # epoch-dependent losses (H-SAM's decoder weighting)
+            if isinstance(objective, EpochAware):  # epoch-dependent losses (H-SAM's decoder weighting)
                 objective.set_epoch(epoch)
             for batch in _epoch_batches(dataset, seed, epoch, position, steps_per_epoch,
                                         global_batch, local_batch, ctx.rank, train_cfg.num_workers):

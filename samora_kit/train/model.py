@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
+from ..errors import SamoraError
+from ..interfaces import UnlabelledSource
 from ..registry import Registry
 
 
@@ -31,7 +33,7 @@ class SegmentationModel(torch.nn.Module):
 
     def weights_to_save(self) -> dict[str, torch.Tensor]:
         """Trainable tensors, plus the frozen base when it came from no file (random init)."""
-        keep_all = getattr(self.backbone, "checkpoint_path", None) is None
+        keep_all = self.backbone.checkpoint_path is None
         return {n: p.detach() for n, p in self.named_parameters() if keep_all or p.requires_grad}
 
 
@@ -51,17 +53,23 @@ class SegmentationObjective(torch.nn.Module):
 def build_model(recipe: BaseModel, registry: Registry, num_classes: int) -> SegmentationModel:
     """The recipe's backbone, then its decoder initialised from its own seed (derived from run.seed),
     so models that differ only in the encoder (SAMed, SAMora, decoder only) start from the same decoder."""
-    context = {}
-    if recipe.fuser is not None:
-        spec = registry.get("fuser", recipe.fuser.name)
-        context["fuser"] = lambda dim, num_heads, expert_names: spec.build(
-            recipe.fuser, dim=dim, num_heads=num_heads, expert_names=expert_names)
-    backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone, **context)
+    backbone = build_backbone(recipe, registry)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(component_seed(recipe.run.seed, "decoder"))
         decoder = registry.get("decoder", recipe.decoder.name).build(recipe.decoder, backbone=backbone,
                                                                      num_classes=num_classes)
     return SegmentationModel(backbone, decoder)
+
+
+def build_backbone(recipe: BaseModel, registry: Registry):
+    """The recipe's backbone, given its fuser when the recipe has one (stage 2)."""
+    context = {}
+    fuser = getattr(recipe, "fuser", None)
+    if fuser is not None:
+        spec = registry.get("fuser", fuser.name)
+        context["fuser"] = lambda dim, num_heads, expert_names: spec.build(
+            fuser, dim=dim, num_heads=num_heads, expert_names=expert_names)
+    return registry.get("backbone", recipe.backbone.name).build(recipe.backbone, **context)
 
 
 def component_seed(seed: int, component: str) -> int:
@@ -72,3 +80,12 @@ def component_seed(seed: int, component: str) -> int:
 
 def build_dataset(recipe: BaseModel, registry: Registry):
     return registry.get("dataset", recipe.data.name).build(recipe.data)
+
+
+def build_unlabelled_source(recipe: BaseModel, registry: Registry) -> UnlabelledSource:
+    """The image source of a pre-training recipe; an adapter of labelled volumes is refused."""
+    adapter = build_dataset(recipe, registry)
+    if not isinstance(adapter, UnlabelledSource):
+        raise SamoraError(f"data.name = {recipe.data.name!r} gives labelled volumes; self-supervised "
+                          "pre-training needs an unlabelled image source such as 'unlabelled_pool'")
+    return adapter

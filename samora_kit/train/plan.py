@@ -4,18 +4,18 @@
 from __future__ import annotations
 
 from ..data.slices import SliceDataset
-from ..pretrain import unlabelled_source
 from ..registry import Registry
+from .model import build_dataset, build_unlabelled_source
 from .schedule import RunLength, run_length
 
 
 def training_samples(recipe, registry: Registry) -> int:
     """Training slices of a segmentation recipe's labelled cases, or of a pre-training recipe's pool."""
-    adapter = registry.get("dataset", recipe.data.name).build(recipe.data)
-    if recipe.decoder is not None:
+    if recipe.task == "segment":
+        adapter = build_dataset(recipe, registry)
         volumes = [adapter.load_case(case) for case in adapter.cases("train")]
         return len(SliceDataset(volumes, 1, None, recipe.run.seed, recipe.train.foreground_only))
-    return len(unlabelled_source(recipe, registry).slice_dataset(1))
+    return len(build_unlabelled_source(recipe, registry).slice_dataset(1))
 
 
 def planned_runs(recipe, registry: Registry) -> list[tuple[str, RunLength]]:
@@ -23,7 +23,7 @@ def planned_runs(recipe, registry: Registry) -> list[tuple[str, RunLength]]:
     (a batch larger than the data, a warm-up not shorter than the run). Reads the data's training cases."""
     samples = training_samples(recipe, registry)
     runs = [("training", run_length(recipe.train, samples))]
-    for entry in recipe.experts:
+    for entry in getattr(recipe, "experts", []):
         if entry.teacher is not None and getattr(entry.teacher, "cpt", False):
             schedule = recipe.train.model_copy(update={"epochs": entry.teacher.cpt_epochs})
             runs.append((f"continual pre-training of {entry.name}'s teacher", run_length(schedule, samples)))

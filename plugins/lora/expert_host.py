@@ -1,29 +1,25 @@
-"""What SAM and SAM2 backbones share: their LoRA / expert bookkeeping, expert packs, block outputs.
+"""What SAM and SAM2 backbones share: their LoRA / expert bookkeeping, parameter groups, block outputs
+(and, from BackboneFiles, the expert packs and encoder files they write and read).
 
 A host keeps its LoRA blocks at `self.encoder.blocks` (SAM: the ViT's blocks; SAM2: the Hiera
 trunk's), so tensor names are `encoder.blocks.N.attn.qkv.*` for both, as expert packs expect."""
 
 from __future__ import annotations
 
-import hashlib
-import warnings
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from samora_kit.errors import CheckpointError, SamoraError
-from samora_kit.weights.expert_pack import (ExpertPack, check_compatible, check_same_base, load_expert_pack,
-                                            make_header)
 
-from .experts import ExpertsQKV
-from .lora import LoRAQKV
+from .backbone_files import BackboneFiles
+from .expert_pack import ExpertPack, check_compatible, make_header
+from .experts_qkv import ExpertsQKV
+from .lora_qkv import LoRAQKV
 
-PROVENANCE = ("pretext", "teacher", "teacher_cpt", "data_fingerprint", "versions")  # what expert_pack() takes
 QKV_PREFIX = "encoder.blocks.{}.attn.qkv."
 
 
-class ExpertHost:
+class ExpertHost(BackboneFiles):
     """Mixin for an nn.Module with `encoder.blocks`, `experts_config`, `lora_rank`, `lora_targets`,
     `lora_blocks` and a `shape_description()`; the fused blocks carry a `fuser` module."""
 
@@ -100,6 +96,15 @@ class ExpertHost:
         """Block index -> the FusionState of its fused block (stage 2 only)."""
         return {i: b.fusion for i, b in enumerate(self.encoder.blocks) if getattr(b, "fusion", None) is not None}
 
+    def train_whole_encoder(self) -> None:
+        """Base pre-training: every image-encoder weight learns (SAM2: trunk and neck); the LoRA factors
+        stay frozen at B = 0, so the encoder trains as if it had none."""
+        if self.experts_config is not None:
+            raise SamoraError("train_whole_encoder(): this backbone has stage-2 experts; base pre-training "
+                              "trains a single-LoRA backbone (drop backbone.experts)")
+        for name, param in self.named_parameters():
+            param.requires_grad = ".lora_" not in name
+
     def lora_description(self) -> dict:
         return {"rank": self.lora_rank, "targets": list(self.lora_targets), "blocks": list(self.lora_blocks)}
 
@@ -117,53 +122,6 @@ class ExpertHost:
         for i, layer in self.expert_layers().items():
             prefix = QKV_PREFIX.format(i)
             layer.load_expert(name, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-
-    def load_expert_packs(self, packs: dict[str, str | Path]) -> None:
-        """Stage 2: load expert packs by name, the frozen base hashed once for all of them."""
-        base = self.base_fingerprint() if packs and self._checks_base() else None
-        for name, path in packs.items():
-            self.load_expert_pack(name, path, base)
-
-    def load_expert_pack(self, name: str, path: str | Path, base_fingerprint: str | None = None) -> ExpertPack:
-        """Stage 2: load expert `name` from a pack file after checking it fits this backbone, its frozen
-        weights included (unless `experts.check_base` is off; `base_fingerprint` if already computed)."""
-        pack = load_expert_pack(path)
-        check_compatible(pack, self.shape_description(), self.lora_description(), path, expert=name)
-        if self._checks_base() and not check_same_base(pack, base_fingerprint or self.base_fingerprint(), path):
-            warnings.warn(f"{path}: the pack does not record the base it was trained on (made before packs did); "
-                          "its fit to this backbone's frozen weights is not checked", stacklevel=2)
-        self.load_expert(name, pack.tensors, str(path))
-        return pack
-
-    def _checks_base(self) -> bool:
-        return getattr(self.experts_config, "check_base", True)
-
-    def base_fingerprint(self) -> str:
-        """A hash of the frozen base weights (official layout, no LoRA, experts or fusers)."""
-        digest = hashlib.sha256()
-        for key, tensor in sorted(self.encoder_state_in_official_layout().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
-
-    def expert_pack(self, expert: str, **provenance) -> ExpertPack:
-        """This backbone's LoRA as an expert pack (stage 1 output): tensors plus a header describing
-        the backbone shape and the LoRA. Provenance: pretext, teacher, teacher_cpt, data_fingerprint,
-        versions. On a stage-2 backbone, exports the frozen expert `expert`."""
-        unknown = sorted(set(provenance) - set(PROVENANCE))
-        if unknown:
-            raise TypeError(f"expert_pack() got unknown provenance {unknown}; accepted: {', '.join(PROVENANCE)}")
-        if not isinstance(expert, str) or not expert:
-            raise ValueError("expert_pack() needs the expert's name, e.g. 'image'")
-        if self.experts_config is None:
-            tensors = {k: v.detach().clone() for k, v in self.trainable_state_dict().items()}
-        else:
-            if expert not in self.expert_names:
-                raise SamoraError(f"no expert named {expert!r}; this backbone's experts are {self.expert_names}")
-            tensors = self.expert_state(expert)
-        header = make_header(expert, self.shape_description(), self.lora_description(),
-                             base_fingerprint=self.base_fingerprint(), **provenance)
-        return ExpertPack(tensors, header)
 
     # --- PretrainableBackbone -------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ The header:
      "backbone": {"name", "variant", "image_size", "embed_dim", "depth"[, "block_dims"]},
      "lora": {"rank", "targets", "blocks"},
      "pretext": str|None, "teacher": str|None, "teacher_cpt": bool|None,
-     "data_fingerprint": str|None, "base_fingerprint": str|None, "versions": {...}}
+     "data_fingerprint": str|None, "base_fingerprint": str|None,
+     "versions": {"samora_kit", "torch", and the backbone's package: "segment_anything" or "sam2"}}
 
 `base_fingerprint` identifies the frozen weights the expert was trained on (a hash of the base
 encoder's tensors): an expert is a correction of one particular base and means nothing on another.
@@ -20,14 +21,13 @@ encoder block; then A of block i is rank x C_in and B is C_out x rank instead of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..errors import CheckpointError
-from .io import load_weights, save_weights
+from samora_kit import __version__
+from samora_kit.errors import CheckpointError
+from samora_kit.weights.io import load_weights, save_weights
 
 EXPERT_PACK_KIND = "expert-pack"
 BACKBONE_FIELDS = ("name", "variant", "image_size", "embed_dim", "depth")
@@ -80,12 +80,8 @@ def _block_dims(block_dims: list, block: int) -> tuple[int, int]:
 
 
 def default_versions() -> dict[str, str]:
-    versions = {"samora_kit": __version__, "torch": torch.__version__}
-    try:
-        versions["segment_anything"] = metadata.version("segment-anything")
-    except metadata.PackageNotFoundError:
-        pass
-    return versions
+    """What every pack records; the backbone adds the package its architecture comes from."""
+    return {"samora_kit": __version__, "torch": torch.__version__}
 
 
 def make_header(expert: str, backbone: dict, lora: dict, *, pretext: str | None = None,

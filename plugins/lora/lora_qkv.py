@@ -1,4 +1,4 @@
-"""LoRA on SAM's fused qkv projection, SAMed convention (no scaling, no bias)."""
+"""LoRA on the fused qkv projection of SAM's and SAM2's attention, SAMed convention (no scaling, no bias)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-QKV_ORDER = ("q", "k", "v")  # layout of SAM's fused attn.qkv output
+QKV_ORDER = ("q", "k", "v")  # layout of the fused attn.qkv output (SAM ViT and SAM2 Hiera alike)
 
 
 def check_fused_qkv(qkv: nn.Linear, targets: Sequence[str]) -> None:

@@ -1,0 +1,39 @@
+"""The weights files of the SAM and SAM2 backbones: the official key layout (`image_encoder.*`, ...)
+in checksummed safetensors whose header names one of FORMATS. Imported official checkpoints and
+self-pre-trained encoders are both written and read here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from samora_kit.errors import CheckpointError
+from samora_kit.weights.checksummed import read_checksummed, save_checksummed
+
+# "segment-anything": an imported official checkpoint (encoder, prompt encoder, mask decoder);
+# "sam2": an imported official SAM2 checkpoint (image_encoder.trunk/neck, sam_mask_decoder, ...);
+# "sam-encoder" / "sam2-encoder": an image encoder in SAM's / SAM2's layout that the kit pre-trained
+# itself (recipes with [base_pretraining]): no prompt encoder, no mask decoder
+ENCODER_ONLY_FORMATS = ("sam-encoder", "sam2-encoder")
+FORMATS = ("segment-anything", "sam2", *ENCODER_ONLY_FORMATS)
+
+
+def save_sam_layout(out: Path, state: dict[str, torch.Tensor], header: dict) -> tuple[Path, str]:
+    """Write SAM- or SAM2-layout tensors (header["format"] one of FORMATS) as safetensors plus a
+    `<out>.sha256` sidecar; return (out, sha256)."""
+    if header.get("format") not in FORMATS:
+        raise ValueError(f"save_sam_layout(): header format is {header.get('format')!r}, expected one of {FORMATS}")
+    return save_checksummed(out, state, header)
+
+
+def read_sam_weights(path: Path, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a SAM- or SAM2-layout safetensors file after checking its sha256 (given, else the sidecar's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file; import the official .pth first "
+                              "(samora-kit weights import)")
+    tensors, header = read_checksummed(path, expected_sha256)
+    if header.get("format", "segment-anything") not in FORMATS:
+        raise CheckpointError(f"{path}: header format is {header.get('format')!r}, expected one of {FORMATS}")
+    return tensors, header

@@ -1,0 +1,59 @@
+"""What `samora-kit validate` checks beyond each key's schema: the files and recipes a recipe
+names, its cross-references, and (with the backbone built) every plugin's own checks through the
+`samora_kit_check_recipe` hook. `run` makes the first two checks before anything trains."""
+
+from __future__ import annotations
+
+from .errors import SamoraError
+from .flows.compare import load_baselines
+from .flows.segment import experts_nobody_trains, load_pretrain_recipe
+from .plugins import LoadedPlugins
+from .recipe_paths import path_fields
+from .train.model import build_backbone
+
+OUTPUTS = ("run.output_dir",)  # paths a run writes, not reads
+
+
+def check_references(recipe, registry) -> list[str]:
+    """Every path the recipe reads exists; the recipes it chains ([pretrain]) and compares with
+    ([compare]) load, have the right task and hold what this recipe takes from them."""
+    problems = [f"{key} = {str(path)!r}: no such file or folder"
+                for key, path in path_fields(recipe) if key not in OUTPUTS and not path.exists()]
+    if recipe.task != "segment":
+        return problems
+    if recipe.pretrain is not None:
+        problems += _chained("pretrain.recipe", lambda: _pretrain_problems(recipe, registry))
+    if recipe.compare is not None:
+        problems += _chained("compare.recipes", lambda: [
+            p for path, other in zip(recipe.compare.recipes, load_baselines(recipe, registry))
+            for p in _prefixed(path, check_references(other, registry))])
+    return problems
+
+
+def check_with_backbone(recipe, plugins: LoadedPlugins) -> list[str]:
+    """Build the recipe's backbone (its fuser and expert packs included) and run every plugin's checks."""
+    try:
+        backbone = build_backbone(recipe, plugins.registry)
+    except (SamoraError, ValueError) as exc:
+        return [f"backbone (built to check the recipe): {exc}"]
+    results = plugins.manager.hook.samora_kit_check_recipe(recipe=recipe, backbone=backbone)
+    return [problem for problems in results for problem in problems or []]
+
+
+def _pretrain_problems(recipe, registry) -> list[str]:
+    if getattr(recipe.backbone, "experts", None) is None:
+        return ["pretrain: [pretrain] is set but backbone.experts is not: name the experts to fuse"]
+    stage1 = load_pretrain_recipe(recipe, registry)
+    unknown = experts_nobody_trains(recipe, stage1)
+    return [unknown] if unknown else _prefixed(recipe.pretrain.recipe, check_references(stage1, registry))
+
+
+def _chained(key: str, check) -> list[str]:
+    try:
+        return check()
+    except SamoraError as exc:  # RecipeError included: the other recipe's own problems
+        return [f"{key}: {exc}"]
+
+
+def _prefixed(path, problems: list[str]) -> list[str]:
+    return [f"in {path}: {p}" for p in problems]
