@@ -31,13 +31,18 @@ def check_references(recipe, registry) -> list[str]:
 
 
 def check_with_backbone(recipe, plugins: LoadedPlugins) -> list[str]:
-    """Build the recipe's backbone (its fuser and expert packs included) and run every plugin's checks."""
+    """Build the recipe's backbone (its fuser and expert packs included) and run every plugin's checks;
+    the same for the stage-1 recipe it chains. Call it once check_references found nothing."""
     try:
         backbone = build_backbone(recipe, plugins.registry)
     except (SamoraError, ValueError) as exc:
         return [f"backbone (built to check the recipe): {exc}"]
     results = plugins.manager.hook.samora_kit_check_recipe(recipe=recipe, backbone=backbone)
-    return [problem for problems in results for problem in problems or []]
+    problems = [problem for found in results for problem in found or []]
+    if recipe.task == "segment" and recipe.pretrain is not None:  # the chained stage 1 is checked alike
+        stage1 = load_pretrain_recipe(recipe, plugins.registry)
+        problems += _prefixed(recipe.pretrain.recipe, check_with_backbone(stage1, plugins))
+    return problems
 
 
 def _pretrain_problems(recipe, registry) -> list[str]:

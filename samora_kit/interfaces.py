@@ -2,8 +2,9 @@
 
 Three layers:
 - what each component kind *is* (Backbone, Decoder, PretextTask, Teacher, Fuser, DatasetAdapter);
-- optional capabilities the core uses when a component has them (ParameterGroups, Diagnostics,
-  EpochAware, DecoderObjective, UnlabelledSource, ExpertPackSource, EncoderExport, ContinualPretraining);
+- optional capabilities used when a component has them (ParameterGroups, Diagnostics, EpochAware,
+  DecoderObjective, UnlabelledSource, ExpertPackSource, EncoderExport, ContinualPretraining; a fuser's
+  ProjectionFolding and LoraMixing);
 - one factory Protocol per kind: the signature `registry.add` checks (FACTORY_CONTEXT).
 
 The core never asks `hasattr`: it asks `isinstance(x, Capability)` against one of these.
@@ -99,9 +100,35 @@ class Teacher(Protocol):
 
 @runtime_checkable
 class Fuser(Protocol):
-    """Combines K expert deltas (K, B, ..., C) into one delta (B, ..., C)."""
+    """Combines K expert deltas (K, N, L, C) into one delta (N, L, C), in every expert block.
 
-    def __call__(self, deltas: torch.Tensor) -> torch.Tensor: ...
+    `merges_lora = False`: `forward(deltas, valid=None)` fuses the deltas of the experts' attention
+    outputs; `valid` (N, L bool) marks real tokens (padded window tokens are False; None: none padded),
+    and an output at a real token must not depend on padded ones. `merges_lora = True` (LoRAHub):
+    the fuser never sees deltas; the block merges the experts' LoRA factors with `mixing_weights()`."""
+
+    merges_lora: bool
+
+    def __call__(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ProjectionFolding(Protocol):
+    """A fuser that takes the block's output projection W into itself once, at build time, so the
+    block projects once instead of once per expert (HL-Attn folds W into its down-projection).
+    `output_before_projection`: True when the fused output still needs W (fusers linear in the deltas),
+    False when it is already in the block's output space."""
+
+    output_before_projection: bool
+
+    def fold_projection(self, weight: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class LoraMixing(Protocol):
+    """A fuser with `merges_lora = True`: one weight per expert for merging their LoRA factors."""
+
+    def mixing_weights(self) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -161,8 +188,9 @@ class DecoderObjective(Protocol):
 
 @runtime_checkable
 class UnlabelledSource(Protocol):
-    """A dataset adapter for self-supervised pre-training: images only, as a Dataset of B,3,S,S
-    tensors in [0, 1] at the backbone's input size."""
+    """A dataset adapter for self-supervised pre-training: images only, as a Dataset of 3,S,S
+    tensors in [0, 1] at the backbone's input size; the Dataset is EpochAware (the loop tells it the
+    epoch of the items it asks for next)."""
 
     def slice_dataset(self, image_size: int) -> Dataset: ...
 

@@ -181,6 +181,8 @@ def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ())
     path = Path(path)
     raw = _read_with_bases(path, [], registry)
     problems = [p for item in _component_switches_first(list(overrides)) for p in _apply_override(raw, item)]
+    if overrides:  # typed in a shell: relative paths resolve from the working directory (the file's already did)
+        resolve_paths(raw, Path.cwd(), _models_for(raw, registry))
     problems += _check_plugins(raw, registry)
     recipe, validation_problems = _validate(raw, registry)
     if problems or validation_problems:

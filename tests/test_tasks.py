@@ -80,7 +80,7 @@ def test_paths_resolve_from_the_recipe_file_that_holds_them(tmp_path, registry, 
     assert recipe.decoder.checkpoint == "backbone"  # a word of the schema, not a path
     # ... except for overrides, typed in a shell: they resolve from where it stands
     overridden = load_recipe(child, registry, ["run.output_dir=elsewhere"])
-    assert Path(overridden.run.output_dir).resolve() == (tmp_path / "elsewhere").resolve()
+    assert overridden.run.output_dir == (tmp_path / "elsewhere").resolve()  # absolute in the resolved recipe
 
 
 def test_validate_checks_named_files_and_chained_recipes(world, registry):
@@ -136,6 +136,9 @@ def test_plugins_check_a_recipe_against_the_built_backbone(world):
     assert check_with_backbone(recipe, plugins) == ["experts.0.pretext.grid = 3: must divide the backbone's "
                                                     "4-cell grid"]
     assert seen["grid"] == 4  # the tiny SAM at 64 px, built
+    stage2 = check_with_backbone(load_recipe(world[2], plugins.registry), plugins)  # checks the chained stage 1 too
+    assert stage2 == ["experts.0.pretext.grid = 3: must divide the backbone's 4-cell grid",
+                      f"in {stage1}: experts.0.pretext.grid = 3: must divide the backbone's 4-cell grid"]
     with_teacher = stage1.parent / "teacher.toml"
     with_teacher.write_text(stage1.read_text().replace(
         'pretext = { name = "mae", hidden_dim = 32 }',

@@ -1,0 +1,146 @@
+"""Every built-in component against its kind's contract (samora_kit.testing), and proof that the suite fails
+a component that breaks its contract, saying which one and how."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samora_kit.errors import SamoraError
+from samora_kit.hookspecs import hookimpl
+from samora_kit.plugins import DISABLE_AUTOLOAD, load_plugins
+from samora_kit.registry import ComponentConfig
+from samora_kit.testing import ConformanceError, check_component, conformance_tests, select_specs
+from samora_kit_plugins import sam as sam_plugin
+
+test_conformance = conformance_tests("samora-kit")
+
+
+# --- components that each break one rule --------------------------------------------------------------
+
+
+class WrongShapeDecoder(nn.Module):
+    """Logits on the embedding grid g instead of 4g."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.proj = nn.Conv2d(channels, num_classes + 1, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)  # B, K+1, g, g
+
+
+class DetachedPretext(nn.Module):
+    """A head trained on detached tokens: the backbone's LoRA never learns anything."""
+
+    def __init__(self, backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.token_channels, 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        tokens = self.backbone.tokens(images).detach()
+        return {"loss": self.head(tokens).pow(2).mean()}
+
+
+class AwakeTeacher(nn.Module):
+    """Trainable and in training mode: a teacher that would drift while it teaches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.conv(images), 1).flatten(1)
+
+
+class NoValidFuser(nn.Module):
+    merges_lora = False
+
+    def forward(self, deltas: torch.Tensor) -> torch.Tensor:
+        return deltas.sum(0)
+
+
+def build_wrong_shape(config, *, backbone, num_classes):
+    return WrongShapeDecoder(backbone.embed_channels, num_classes)
+
+
+def build_detached(config, *, backbone, teacher=None):
+    return DetachedPretext(backbone)
+
+
+def build_awake(config):
+    return AwakeTeacher()
+
+
+def build_no_valid(config, *, dim, num_heads, expert_names):
+    return NoValidFuser()
+
+
+class StrictConfig(ComponentConfig):
+    width: int = 8
+
+
+def broken_plugin() -> types.ModuleType:
+    plugin = types.ModuleType("broken_conformance_plugin")
+
+    @hookimpl
+    def samora_kit_register(registry):
+        registry.add("decoder", "wrong_shape", ComponentConfig, build_wrong_shape)
+        registry.add("pretext", "detached", ComponentConfig, build_detached)
+        registry.add("teacher", "awake", ComponentConfig, build_awake)
+        registry.add("fuser", "no_valid", ComponentConfig, build_no_valid)
+        registry.add("fuser", "bad_example", StrictConfig, build_no_valid, example={"widht": 8})
+
+    plugin.samora_kit_register = samora_kit_register
+    return plugin
+
+
+@pytest.fixture(scope="module")
+def broken():
+    plugin = broken_plugin()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DISABLE_AUTOLOAD, "1")
+        loaded = load_plugins(extra=[sam_plugin, plugin])
+    assert not loaded.failures
+    return loaded.registry
+
+
+@pytest.mark.parametrize("kind, name, problem", [
+    ("decoder", "wrong_shape", "eval-mode logits (2, 3, 4, 4) on backbone 'sam'; expected B,num_classes+1,4g,4g = "
+                               "(2, 3, 16, 16)"),
+    ("pretext", "detached", "the loss's gradient reaches none of the 16 trainable parameter(s) of backbone 'sam'"),
+    ("teacher", "awake", "once built, it has module(s) in training mode: ['<root>', 'conv']"),
+    ("fuser", "no_valid", "forward(deltas (3, 2, 6, 96), valid=(2, 6)) raised TypeError"),
+    ("fuser", "bad_example", "example {'widht': 8} does not validate against StrictConfig: widht: Extra inputs"),
+])
+def test_a_component_that_breaks_its_contract_fails_naming_kind_name_and_problem(broken, kind, name, problem):
+    with pytest.raises(ConformanceError) as failure:
+        check_component(broken.get(kind, name), broken)
+    message = str(failure.value)
+    assert message.startswith(f"{kind} {name!r} (from broken_conformance_plugin (<registered in process>)): ")
+    assert problem in message
+
+
+def test_the_suite_selects_only_the_named_plugins_components(monkeypatch):
+    monkeypatch.setenv(DISABLE_AUTOLOAD, "1")
+    plugin = broken_plugin()
+    _, specs = select_specs(plugin)
+    assert {(s.kind, s.name) for s in specs} == {("decoder", "wrong_shape"), ("pretext", "detached"),
+                                                 ("teacher", "awake"), ("fuser", "no_valid"),
+                                                 ("fuser", "bad_example")}
+    test = conformance_tests(plugin)
+    ids = [mark.kwargs.get("ids") or mark.args[2] for mark in test.pytestmark if mark.name == "parametrize"][0]
+    assert sorted(ids) == ["decoder-wrong_shape", "fuser-bad_example", "fuser-no_valid", "pretext-detached",
+                           "teacher-awake"]
+
+
+def test_an_unknown_plugin_name_is_refused_listing_the_installed_ones():
+    with pytest.raises(SamoraError, match=r"no installed plugin or distribution named 'regoin'; installed plugins: "
+                                          r".*sam \(samora-kit"):
+        select_specs("regoin")
