@@ -9,6 +9,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +49,29 @@ def peak_memory_mib(device: torch.device) -> tuple[str, float]:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def flops_of(fn) -> float:
+    """FLOPs of one call of `fn` (torch's FlopCounterMode; the call also warms up)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(sum(counter.get_flop_counts().get("Global", {}).values()))
+
+
+def seconds_per_call(fn, calls: int, warmup: int, device: torch.device) -> float:
+    """Mean wall seconds of `calls` calls of `fn` after `warmup` untimed ones (peak memory counted from there)."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / calls
 
 
 def benchmark_parser(description: str) -> argparse.ArgumentParser:
@@ -103,3 +127,41 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, flo
         return mean, math.nan, math.nan
     half = t_distribution.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return mean, mean - half, mean + half
+
+
+def write_synapse_like(root: Path, slices: int, size: int = 512, seed: int = 0) -> Path:
+    """A folder in TransUNet's Synapse layout with `slices` random `size`² training slices (smooth images,
+    8 organ labels as blobs) and one small test volume: the real pipeline's input at the real size."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    (root / "train_npz").mkdir(parents=True, exist_ok=True)
+    (root / "test_vol_h5").mkdir(exist_ok=True)
+    (root / "lists").mkdir(exist_ok=True)
+    yy, xx = np.mgrid[:size, :size] / size
+    names = []
+    for n in range(slices):
+        image = (0.5 + 0.25 * np.sin(8 * xx + n) * np.cos(6 * yy) + 0.05 * rng.standard_normal((size, size)))
+        label = np.zeros((size, size), np.float32)
+        for organ in range(1, 9):
+            cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.03, 0.1)
+            label[(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] = organ
+        names.append(f"case0005_slice{n:03d}")
+        np.savez(root / "train_npz" / f"{names[-1]}.npz", image=image.clip(0, 1).astype(np.float32), label=label)
+    import h5py
+
+    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as h5:
+        h5["image"], h5["label"] = rng.random((2, size, size), np.float32), np.zeros((2, size, size), np.int64)
+    (root / "lists" / "train.txt").write_text("\n".join(names) + "\n")
+    (root / "lists" / "test_vol.txt").write_text("case0001\n")
+    return root
+
+
+def synapse_slices(root: Path, image_size: int, seed: int = 0):
+    """The training SliceDataset of a Synapse-layout folder with the recipes' default augmentation."""
+    from samora_kit.data.slices import AugmentConfig, SliceDataset
+    from samora_kit_plugins.datasets.synapse import SynapseConfig, build_synapse
+
+    adapter = build_synapse(SynapseConfig(root=root, list_dir="lists"))
+    volumes = [adapter.load_case(case) for case in adapter.cases("train")]
+    return SliceDataset(volumes, image_size, AugmentConfig(), seed)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One short CUDA check (a few minutes): training step at batch 32 in bf16 and inference per volume
-# for SAMed and SAMora stage 2 (ViT-B, 224 px, random weights), then the SAMed quick start on CUDA.
-# Needs samora-kit installed (pip install -e .); prints the figures recorded in docs/benchmarks.md.
+# One prepared CUDA check (about 6 minutes on one H200; fits in 8): the kit's SAMed and SAMora training
+# steps at batch 32 in bf16, eager and compiled; a bare timm ViT-B/16 step (the ceiling for this encoder
+# size); a real run's step against the pure step; inference per 128x512x512 volume in fp32 and bf16;
+# then every ratio against its target (benchmarks/gpu_summary.py). Random weights, no data needed.
+# Needs samora-kit installed (pip install -e '.[all]'); docs/benchmarks.md records what it printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__)"
-python3 benchmarks/train_step.py recipes/samed.toml recipes/samora.toml --device cuda --batch 32 --steps 20 --warmup 3
-python3 benchmarks/infer.py recipes/samed.toml recipes/samora.toml --device cuda --volume 128,512,512 --volumes 3
-samora-kit run recipes/quickstart_samed.toml run.device=cuda run.output_dir="${OUT:-/tmp}/quickstart-samed-cuda"
+python3 benchmarks/gpu_summary.py --device cuda --batch 32 --steps 20 --volume 128,512,512 --workers 8

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import benchmark_parser, measure_each, model_from_recipe, peak_memory_mib, report, synchronize
 
+from samora_kit.devices import inference_dtype
 from samora_kit.eval.inference import predict_volume
 
 
@@ -24,6 +25,8 @@ def main() -> None:
                    "(default: a Synapse-sized CT volume cut to 64 slices)")
     p.add_argument("--volumes", type=int, default=3, help="timed volumes")
     p.add_argument("--batch", type=int, default=None, help="slices per forward (default: eval.batch_size)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="as samora-kit evaluate --precision")
     args = p.parse_args()
     if len(args.recipes) > 1:
         return measure_each(__file__, args.recipes)
@@ -35,18 +38,19 @@ def main() -> None:
     shape = tuple(int(n) for n in args.volume.split(","))
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
     batch = args.batch or recipe.eval.batch_size
+    precision = inference_dtype(args.precision, device)
     with FlopCounterMode(display=False) as counter:  # one forward of `batch` slices, also the warm-up
-        predict_volume(model, volume[:batch], batch, device)
+        predict_volume(model, volume[:batch], batch, device, precision)
     slice_gflop = sum(counter.get_flop_counts().get("Global", {}).values()) / batch / 1e9
     synchronize(device)
     start = time.perf_counter()
     for _ in range(args.volumes):
-        predict_volume(model, volume, batch, device)
+        predict_volume(model, volume, batch, device, precision)
     synchronize(device)
     seconds = (time.perf_counter() - start) / args.volumes
     memory_name, memory = peak_memory_mib(device)
     print(f"recipe {args.recipe} ({recipe.backbone.name} {getattr(recipe.backbone, 'variant', '')} "
-          f"{model.image_size}px + {recipe.decoder.name}) on {device}, fp32, volume {shape}, "
+          f"{model.image_size}px + {recipe.decoder.name}) on {device}, {args.precision}, volume {shape}, "
           f"{batch} slices per forward")
     print(f"{seconds:.2f} s per volume  |  {shape[0] / seconds:.1f} slices/s  |  {memory_name} {memory:.0f} MiB  |  "
           f"{slice_gflop:.2f} GFLOP per slice")

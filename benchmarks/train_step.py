@@ -3,16 +3,14 @@ model with random weights.
 
     python benchmarks/train_step.py recipes/samed.toml --device cpu --batch 4 --steps 5
     python benchmarks/train_step.py recipes/samed.toml recipes/samora.toml --device cpu --batch 2   # + ratio
+    python benchmarks/train_step.py recipes/samed.toml --device cuda --batch 32 --compile          # run.compile
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from common import benchmark_parser, measure_each, model_from_recipe, peak_memory_mib, report, synchronize
+from common import benchmark_parser, flops_of, measure_each, model_from_recipe, peak_memory_mib, report, seconds_per_call
 
 from samora_kit.train.losses import DiceCELoss
 
@@ -23,6 +21,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model, as run.compile = true does "
+                   "(the warm-up steps include the compilation)")
     args = p.parse_args()
     if len(args.recipes) > 1:
         return measure_each(__file__, args.recipes)
@@ -40,37 +40,32 @@ def main() -> None:
     loss_fn = DiceCELoss(args.num_classes)
     bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
 
+    forward = model
+
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(images)
+            logits = forward(images)
         low = torch.nn.functional.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")
         loss = loss_fn(logits.float(), low[:, 0].long())["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    step_flops = sum(v for k, v in counter.get_flop_counts().get("Global", {}).items())
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / args.steps
+    step_flops = flops_of(step)
+    if args.compile:
+        forward = torch.compile(model)
+    seconds = seconds_per_call(step, args.steps, args.warmup, device)
     memory_name, memory = peak_memory_mib(device)
     total = sum(p.numel() for p in model.parameters())
     print(f"recipe {args.recipe} ({recipe.backbone.name} {getattr(recipe.backbone, 'variant', '')} "
           f"{size}px + {recipe.decoder.name}), {total / 1e6:.1f} M parameters, {len(params)} trainable tensors")
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"batch {batch}, {'bf16 autocast' if bf16 else 'fp32'}, {args.steps} timed steps")
+          f"batch {batch}, {'bf16 autocast' if bf16 else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
+          f"{args.steps} timed steps")
     print(f"step {seconds * 1000:.1f} ms  |  {batch / seconds:.2f} images/s  |  "
           f"{memory_name} {memory:.0f} MiB  |  {step_flops / seconds / 1e12:.2f} TFLOP/s achieved (whole step)")
-    report({"step_ms": seconds * 1000, "memory_mib": memory, "step_gflop": step_flops / 1e9})
+    report({"step_ms": seconds * 1000, "memory_mib": memory, "step_gflop": step_flops / 1e9,
+            "tflops": step_flops / seconds / 1e12})
 
 
 if __name__ == "__main__":

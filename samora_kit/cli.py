@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key.path=value, checked like the recipe")
     run.add_argument("--resume", action="store_true", help="continue the run in run.output_dir exactly")
     run.add_argument("--nproc-per-node", type=int, default=1, help="start this many processes with torchrun")
+    nodes = run.add_argument_group("several machines", "start the same command on every node; the recipe, its "
+                                   "data and run.output_dir must be on a file system every node sees")
+    nodes.add_argument("--nnodes", type=int, default=1, metavar="N", help="how many machines take part (default 1)")
+    nodes.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="meet at this c10d rendezvous (one node's address, the same on every node)")
+    nodes.add_argument("--master-addr", metavar="HOST", help="or meet at node 0's address (static rendezvous)")
+    nodes.add_argument("--master-port", type=int, metavar="PORT", help="with --master-addr (torchrun's default 29500)")
+    nodes.add_argument("--node-rank", type=int, metavar="RANK",
+                       help="with --master-addr: this node's place, 0 to N-1")
     run.set_defaults(func=_run)
 
     val = sub.add_parser("validate", help="check a recipe; print every problem, or the resolved recipe")
@@ -115,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--policy", action="append", choices=["transunet", "strict"],
                     help="empty-mask policy (repeatable; default: the recipe's)")
     ev.add_argument("--output", type=Path, help="report folder (default RUN_DIR/eval)")
+    _add_inference_flags(ev, batches=True)
     ev.set_defaults(func=_evaluate)
 
     cmp = sub.add_parser("compare", help="paired Wilcoxon test per class between two evaluated runs")
@@ -128,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("runs", type=Path, nargs="+")
     ex.add_argument("--case", required=True, help="a test case id of the runs' data set")
     ex.add_argument("--output", type=Path, required=True, help="the PNG to write")
+    _add_inference_flags(ex, batches=False)
     ex.set_defaults(func=_explain)
 
     pr = sub.add_parser("predict", help="segment NIfTI volumes with a finished run")
@@ -135,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", type=Path, nargs="+")
     pr.add_argument("--output", type=Path, required=True)
     pr.add_argument("--no-overlays", action="store_true")
+    _add_inference_flags(pr, batches=True)
     pr.set_defaults(func=_predict)
 
     from .shipped_recipes import add_recipes_command  # `recipes ls`, `recipes cp NAME DEST`
@@ -143,13 +155,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_inference_flags(parser: argparse.ArgumentParser, batches: bool) -> None:
+    """--device and --precision (and --batch-size) of the commands that run a finished model."""
+    parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                        help="where the model runs; auto (default): cuda when available, else cpu")
+    parser.add_argument("--precision", default="fp32", metavar="{fp32,bf16,fp16}",
+                        help="fp32 (default), bf16 or fp16: bf16/fp16 run the model under torch.autocast; fp16 "
+                             "on CUDA only")
+    if batches:
+        parser.add_argument("--batch-size", type=int, metavar="N",
+                            help="slices per forward pass (default the recipe's eval.batch_size)")
+
+
+def _inference_target(args):
+    """(device, autocast dtype or None) of --device and --precision, checked before a model is built."""
+    from .devices import inference_dtype, resolve_device
+
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        raise SamoraError(f"--batch-size {args.batch_size}: at least 1 slice per forward pass")
+    device = resolve_device(args.device)
+    return device, inference_dtype(args.precision, device)
+
+
 def _run(args, console):
-    if args.nproc_per_node < 1:
-        raise SamoraError(f"--nproc-per-node {args.nproc_per_node}: start at least 1 process")
-    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc_per_node}",
-               "-m", "samora_kit.cli", "run", str(args.recipe), *args.overrides]
-        return subprocess.call(cmd + (["--resume"] if args.resume else []))
+    from .launch import Launch, torchrun_command
+
+    launch = Launch(args.nproc_per_node, args.nnodes, args.node_rank, args.rdzv_endpoint, args.master_addr,
+                    args.master_port)
+    launch.check()
+    if launch.needs_torchrun and "WORLD_SIZE" not in os.environ:  # inside torchrun, WORLD_SIZE is set
+        run_argv = [*(["--debug"] if args.debug else []), "run", str(args.recipe), *args.overrides,
+                    *(["--resume"] if args.resume else [])]
+        return subprocess.call(torchrun_command(launch, run_argv))
     from .runner import run
 
     run(args.recipe, args.overrides, args.resume, args.argv, console)
@@ -241,10 +278,11 @@ def _evaluate(args, console):
     from .eval.evaluate import evaluate, summary_table
     from .flows.segment import load_run
 
-    recipe, adapter, model = load_run(args.run_dir)
+    device, precision = _inference_target(args)
+    recipe, adapter, model = load_run(args.run_dir, device)
     policies = args.policy or recipe.eval.policies
     summary = evaluate(model, adapter, policies, args.output or args.run_dir / "eval",
-                       recipe.eval.batch_size, overlays=recipe.eval.overlays, console=console)
+                       args.batch_size or recipe.eval.batch_size, device, recipe.eval.overlays, console, precision)
     console.print(summary_table(summary, adapter.class_names, f"{args.run_dir}: test set"))
 
 
@@ -261,19 +299,20 @@ def _explain(args, console):
     from .eval.explain import encoder_heatmap, read_diagnostics, save_diagnostics_plot, save_heatmaps
     from .flows.segment import load_run
 
+    device, precision = _inference_target(args)
     maps, image = {}, None
     diagnostics = {run_dir.name: read_diagnostics(run_dir / "metrics.jsonl") for run_dir in args.runs}
     if any(diagnostics.values()):  # e.g. the fused term's size per block over training
         path = args.output.with_name(f"{args.output.stem}-diagnostics.png")
         console.print(f"wrote {escape(str(save_diagnostics_plot(diagnostics, path)))}")
     for run_dir in args.runs:
-        _, adapter, model = load_run(run_dir)
+        _, adapter, model = load_run(run_dir, device)
         volume = adapter.load_case(args.case)
         if image is None:  # the slice with the most foreground (or the middle one)
             z = int(np.argmax((volume.label > 0).reshape(len(volume.label), -1).sum(1))) \
                 if volume.label is not None else len(volume.image) // 2
             image = volume.image[z]
-        maps[run_dir.name] = encoder_heatmap(model, image)
+        maps[run_dir.name] = encoder_heatmap(model, image, precision)
     console.print(f"wrote {escape(str(save_heatmaps(image, maps, args.output, f'{args.case}, slice {z}')))}")
 
 
@@ -282,9 +321,10 @@ def _predict(args, console):
     from .flows.segment import load_run
 
     check_output_names(args.inputs, args.output)  # before the model is loaded
-    recipe, adapter, model = load_run(args.run_dir)
-    predict_files(model, recipe, adapter.class_names, args.inputs, args.output,
-                  overlays=not args.no_overlays, console=console)
+    device, precision = _inference_target(args)
+    recipe, adapter, model = load_run(args.run_dir, device)
+    predict_files(model, recipe, adapter.class_names, args.inputs, args.output, not args.no_overlays, device,
+                  console, args.batch_size, precision)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 Three layers:
 - what each component kind *is* (Backbone, Decoder, PretextTask, Teacher, Fuser, DatasetAdapter);
 - optional capabilities used when a component has them (ParameterGroups, Diagnostics, EpochAware,
-  DecoderObjective, UnlabelledSource, ExpertPackSource, EncoderExport, ContinualPretraining; a fuser's
-  ProjectionFolding and LoraMixing);
+  DecoderObjective, UnlabelledSource, InstanceSource, ExpertPackSource, EncoderExport,
+  ContinualPretraining; a fuser's ProjectionFolding and LoraMixing);
 - one factory Protocol per kind: the signature `registry.add` checks (FACTORY_CONTEXT).
 
 The core never asks `hasattr`: it asks `isinstance(x, Capability)` against one of these.
@@ -193,6 +193,16 @@ class UnlabelledSource(Protocol):
     epoch of the items it asks for next)."""
 
     def slice_dataset(self, image_size: int) -> Dataset: ...
+
+
+@runtime_checkable
+class InstanceSource(Protocol):
+    """A dataset adapter for promptable (SAM-style) training on a source domain: a Dataset of
+    (image 3,S,S float32 in [0, 1], masks N,S,S bool) items, N >= 1 instances whose visible regions are
+    disjoint; N varies per item (a batch keeps masks as a list). EpochAware like UnlabelledSource's
+    Dataset. Prompts (points, boxes) are drawn from the masks by the trainer."""
+
+    def instance_dataset(self, image_size: int) -> Dataset: ...
 
 
 @runtime_checkable

@@ -18,7 +18,10 @@ from .eval.overlay import save_overlay
 
 def predict_files(model, recipe, class_names: list[str], inputs: list[Path], out_dir: Path,
                   overlays: bool = True, device: torch.device = torch.device("cpu"),
-                  console: Console | None = None) -> list[Path]:
+                  console: Console | None = None, batch_size: int | None = None,
+                  precision: torch.dtype | None = None) -> list[Path]:
+    """Masks (and overlays) of `inputs` in `out_dir`; slices in batches of `batch_size` (default the recipe's
+    eval.batch_size) on `device` (the model's), under autocast to `precision` (None: fp32)."""
     console = console or Console()
     intensity = getattr(recipe.data, "intensity", None) or IntensityConfig()
     slice_axis = getattr(recipe.data, "slice_axis", 2)
@@ -28,7 +31,7 @@ def predict_files(model, recipe, class_names: list[str], inputs: list[Path], out
         stem = output_stem(path)
         array, _, image = read_nifti(path, slice_axis)
         volume = normalise(array.astype(np.float32), intensity, None)
-        labels = predict_volume(model, volume, recipe.eval.batch_size, device)
+        labels = predict_volume(model, volume, batch_size or recipe.eval.batch_size, device, precision)
         target = out_dir / f"{stem}.nii.gz"
         write_nifti_like(image, labels.astype(np.uint8), slice_axis, target)
         if overlays:

@@ -44,6 +44,7 @@ class RunSection(Strict):
     output_dir: Path | None = None  # default runs/<name>
     seed: int = 1234
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile the trained module (worth it on GPUs; the first steps compile)
 
 
 class PluginsSection(Strict):

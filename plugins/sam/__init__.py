@@ -7,11 +7,12 @@ from .backbone import SamBackbone, build_image_encoder, build_sam_backbone
 from .checkpoint_import import SamImportConfig, import_sam, import_sam_checkpoint
 from .config import SAM_PRESETS, SamBackboneConfig, SamPreset
 from .experts import ExpertFusedBlock
-from .variant_attention import sam_attention_sdpa, sdpa_attention, variants_attention
+from .rel_pos_attention import RelPosSdpaAttention, sam_attention_sdpa
+from .variant_attention import variants_attention
 
 __all__ = ["SAM_PRESETS", "import_sam_checkpoint", "ExpertFusedBlock", "ExpertsConfig", "ExpertsQKV", "LoRAConfig", "LoRAQKV", "SamBackbone",
            "SamBackboneConfig", "SamPreset", "build_image_encoder", "build_sam_backbone", "sam_attention_sdpa",
-           "sdpa_attention", "variants_attention"]
+           "RelPosSdpaAttention", "variants_attention"]
 
 
 @hookimpl

@@ -16,6 +16,7 @@ from samora_kit_plugins.lora.checkpoints import read_sam_weights
 from .config import SAM_PRESETS, SamBackboneConfig
 from .experts import install_experts
 from .pretrained import fit_encoder_state
+from .rel_pos_attention import use_fused_attention
 
 PATCH_SIZE = 16
 ENCODER_PREFIX = "image_encoder."
@@ -52,6 +53,7 @@ class SamBackbone(ExpertHost, nn.Module):
         self.lora_blocks = config.lora_block_indexes()
         self.experts_config = config.experts
         self.encoder = build_image_encoder(config.variant, config.image_size)
+        use_fused_attention(self.encoder)  # same parameters; relative positions on a fused kernel
         if config.checkpoint is not None:
             self._load_pretrained(config.checkpoint, config.checkpoint_sha256)
         self.encoder.requires_grad_(False)

@@ -24,10 +24,11 @@ from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
 from samora_kit_plugins.lora.fusion_step import (FusionState, check_fuser, fold_fuser, fuse_attention, record_ratio,
                                                  run_fuser, window_valid)
 
+from .rel_pos_attention import fused_kernel_pays
 from .variant_attention import low_rank_variants_attention, variants_attention
 
 SCOPES = ("attention", "block")
-LOW_RANK_LOGITS = True  # benchmarks switch it off to measure what the rank-r logits save
+LOW_RANK_LOGITS = True  # where the CPU keeps explicit logits; benchmarks switch it off to measure what it saves
 
 
 class ExpertFusedBlock(Block):
@@ -49,15 +50,17 @@ class ExpertFusedBlock(Block):
             tokens, pad_hw = window_partition(tokens, self.window_size)
         n, h, w, _ = tokens.shape  # n = batch * windows (windowed) or batch (global)
 
-        if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
-            a, b = qkv.merged(self.fuser.mixing_weights())
-            q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
-            out = variants_attention(self.attn, *(t.reshape(t.shape[0], n, h * w, dim) for t in (q, k, v)), (h, w))
-        elif qkv.low_rank_q and LOW_RANK_LOGITS:  # experts' logits as rank-r corrections of the frozen ones
-            q0, u, b, k, v = qkv.factored_variants(tokens.reshape(n, h * w, dim))
+        needs_grad = torch.is_grad_enabled() and tokens.requires_grad  # frozen experts: only through the input
+        if (qkv.low_rank_q and LOW_RANK_LOGITS and not self.fuser.merges_lora
+                and not fused_kernel_pays(tokens, h * w, needs_grad, low_rank=True)):
+            q0, u, b, k, v = qkv.factored_variants(tokens.reshape(n, h * w, dim))  # explicit rank-r logits
             out = low_rank_variants_attention(self.attn, q0, u, b, k, v, (h, w))
         else:
-            q, k, v = qkv.variants(tokens, shared=True)  # K+1 (or 1 when shared), n, h, w, C
+            if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
+                a, b = qkv.merged(self.fuser.mixing_weights())
+                q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
+            else:
+                q, k, v = qkv.variants(tokens, shared=True)  # K+1 (or 1 when shared), n, h, w, C
             out = variants_attention(self.attn, *(t.reshape(t.shape[0], n, h * w, dim) for t in (q, k, v)), (h, w))
         count = out.shape[0]  # V, n, L, C before the output projection
 

@@ -21,8 +21,9 @@ from .overlay import save_overlay
 
 def evaluate(model, adapter, policies: list[str], out_dir: Path, batch_size: int = 16,
              device: torch.device = torch.device("cpu"), overlays: int = 4,
-             console: Console | None = None) -> dict:
-    """Returns {policy: summary}; writes per_case.csv, summary.json and overlays/ under out_dir."""
+             console: Console | None = None, precision: torch.dtype | None = None) -> dict:
+    """Returns {policy: summary}; writes per_case.csv, summary.json and overlays/ under out_dir. The model
+    runs on `device` (where it is) under autocast to `precision` (None: fp32)."""
     console = console or Console()
     names = adapter.class_names
     per_case: dict[str, dict] = {p: {} for p in policies}
@@ -32,7 +33,7 @@ def evaluate(model, adapter, policies: list[str], out_dir: Path, batch_size: int
         for i, case_id in enumerate(cases):
             status.update(f"evaluating {escape(case_id)} ({i + 1}/{len(cases)})")
             volume = adapter.load_case(case_id)
-            prediction = predict_volume(model, volume.image, batch_size, device)
+            prediction = predict_volume(model, volume.image, batch_size, device, precision)
             for policy in policies:
                 scores = score_volume(prediction, volume.label, adapter.num_classes, policy, volume.spacing)
                 per_case[policy][case_id] = scores

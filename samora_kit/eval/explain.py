@@ -16,26 +16,31 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ..data.slices import slice_to_model_input  # noqa: E402
+from ..devices import autocast, to_device  # noqa: E402
 from ..interfaces import FeaturePyramid, embedding_of  # noqa: E402
 from ..weights.io import atomic_write  # noqa: E402
 
 
-def encoder_heatmap(model, image_hw: np.ndarray) -> np.ndarray:
+def encoder_heatmap(model, image_hw: np.ndarray, precision: torch.dtype | None = None) -> np.ndarray:
     """Grad-CAM in [0, 1] at the slice's size: channel weights = mean gradient of the summed
-    foreground logits w.r.t. the embedding; map = ReLU(weighted sum of channels)."""
+    foreground logits w.r.t. the embedding; map = ReLU(weighted sum of channels). Runs where the
+    model is, under autocast to `precision` (None: fp32)."""
     model.eval()
-    x = slice_to_model_input(image_hw, model.image_size)[None]
-    features = model.backbone(x)
-    embedding = embedding_of(features).detach().requires_grad_(True)  # 1, C, g, g
-    if isinstance(features, FeaturePyramid):  # SAM2: the finer maps go along unchanged
-        features = FeaturePyramid(embedding, tuple(level.detach() for level in features.high_res))
-    else:
-        features = embedding
-    logits = model.decoder(features)
-    foreground = logits[:, 1:].sum()
+    device = next(model.parameters()).device
+    x = to_device(slice_to_model_input(image_hw, model.image_size)[None], device)
+    with autocast(device, precision):
+        with torch.no_grad():  # the gradient starts at the embedding
+            features = model.backbone(x)
+        embedding = embedding_of(features).detach().requires_grad_(True)  # 1, C, g, g
+        if isinstance(features, FeaturePyramid):  # SAM2: the finer maps go along unchanged
+            features = FeaturePyramid(embedding, tuple(level.detach() for level in features.high_res))
+        else:
+            features = embedding
+        logits = model.decoder(features)
+    foreground = logits[:, 1:].float().sum()
     (grad,) = torch.autograd.grad(foreground, embedding)
-    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * embedding).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=image_hw.shape, mode="bilinear", align_corners=False)[0, 0].detach()
+    cam = F.relu((grad.float().mean(dim=(2, 3), keepdim=True) * embedding.float()).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=image_hw.shape, mode="bilinear", align_corners=False)[0, 0].detach().cpu()
     return (cam / cam.max()).numpy() if cam.max() > 0 else cam.numpy()
 
 

@@ -65,7 +65,8 @@ def _train_experts(recipe, session: Session, run_dir: Path, resume: bool, only: 
                       + (f", teacher {escape(entry.teacher.name)}" if entry.teacher else ", no teacher"))
         stage_dir = run_dir / STAGES_DIR / entry.name
         result = train(task, dataset, recipe.train, recipe.run.seed, stage_dir, ctx, resume and stage_dir.exists(),
-                       {"stage": "pretrain", "expert": entry.name}, session.show_progress)
+                       {"stage": "pretrain", "expert": entry.name}, session.show_progress,
+                       compile_model=recipe.run.compile)
         if ctx.is_main:
             provenance = {"pretext": entry.pretext.name, "teacher": entry.teacher.name if entry.teacher else None,
                           "teacher_cpt": bool(entry.teacher and entry.teacher.cpt), "data_fingerprint": data_id}
@@ -97,7 +98,7 @@ def _teacher(entry, recipe, session: Session, run_dir: Path, dataset, data_id: s
                       f"{entry.teacher.cpt_epochs} epoch(s)")
         schedule = recipe.train.model_copy(update={"epochs": entry.teacher.cpt_epochs})
         train(teacher.cpt_objective(), dataset, schedule, recipe.run.seed, run_dir / STAGES_DIR / f"{entry.name}-teacher",
-              session.ctx, False, {"stage": "teacher-cpt"}, session.show_progress)
+              session.ctx, False, {"stage": "teacher-cpt"}, session.show_progress, compile_model=recipe.run.compile)
         if session.ctx.is_main:
             save_weights(path, teacher.cpt_tensors(), {"kind": "teacher", "teacher": entry.teacher.name,
                                                        "recipe_fingerprint": key, "samora_kit_version": __version__})

@@ -62,7 +62,7 @@ def _train_and_evaluate(recipe, session: Session, run_dir: Path, resume: bool) -
     header = {"samora_kit_version": __version__, "recipe": resolved,
               "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
     result = train(_objective(model, recipe.train), dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume,
-                   header, session.show_progress)
+                   header, session.show_progress, compile_model=recipe.run.compile)
     if not ctx.is_main:
         return None, adapter.class_names
     weights = save_weights(run_dir / WEIGHTS_FILE, model.weights_to_save(),

@@ -46,39 +46,43 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce(tensor)
 
 
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Mean of the gradients over ranks, in one flat all-reduce. Parameters without a
-    gradient (unused heads) are skipped on every rank alike, as in one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    params = [p for p in params if p.grad is not None]
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+def data_parallel(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """The module under DistributedDataParallel when several ranks train (bucketed gradient all-reduces
+    that overlap the backward pass), else the module itself. Parameters a step leaves without a gradient
+    (an unused head) are allowed, as in one process."""
+    if ctx.world_size == 1 or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
 
 def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, float]:
-    """Scalars averaged over ranks in one all-reduce (each rank's local batch has the same size, so the
-    mean of the per-rank means is the global batch's value): what metrics.jsonl logs under torchrun."""
-    if ctx.world_size == 1 or not values:
-        return {k: float(v.detach()) for k, v in values.items()}
+    """Device scalars averaged over ranks and read in one transfer (each rank's local batch has the same
+    size, so the mean of the per-rank means is the global batch's value): what metrics.jsonl logs."""
+    if not values:
+        return {}
     stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()]).to(ctx.device)
-    dist.all_reduce(stacked)
-    return dict(zip(values, (stacked / ctx.world_size).tolist()))
+    if ctx.world_size > 1:
+        dist.all_reduce(stacked)
+        stacked /= ctx.world_size
+    return dict(zip(values, stacked.tolist()))
 
 
-def any_rank(flag: bool, ctx: DistContext) -> bool:
-    if ctx.world_size == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+def first_non_finite(step: torch.Tensor, loss: torch.Tensor, ctx: DistContext) -> tuple[int, float]:
+    """(the first step any rank saw a non-finite loss, that loss), or (-1, 0) when none did."""
+    if ctx.world_size > 1:
+        flagged = torch.where(step >= 0, step, torch.iinfo(torch.long).max)
+        dist.all_reduce(flagged, op=dist.ReduceOp.MIN)
+        mine = (step == flagged).float()
+        candidates = torch.stack([torch.where(mine > 0, loss.float(), torch.zeros_like(loss)), mine])
+        dist.all_reduce(candidates)
+        first = int(flagged)
+        if first == torch.iinfo(torch.long).max:
+            return -1, 0.0
+        return first, float(candidates[0] / candidates[1])
+    return int(step), float(loss)
 
 
 def shutdown() -> None:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from ..errors import SamoraError, TrainingDiverged
 from ..interfaces import Diagnostics, EpochAware
 from .checkpoint import load_training_state, save_training_state
-from .distributed import DistContext, any_rank, average_gradients, mean_over_ranks
+from .distributed import DistContext, data_parallel, first_non_finite, mean_over_ranks
+from .loader import RunBatches, batch_to_device, run_loader
 from .optim import build_optimizer, lr_metric
 from .progress import MetricsLog, TrainingProgress
 from .runfolder import STATE_FILE
@@ -34,19 +34,17 @@ class TrainResult:
     final_loss: float
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Path,
           ctx: DistContext, resume: bool = False, header: dict | None = None,
-          show_progress: bool = True) -> TrainResult:
+          show_progress: bool = True, compile_model: bool = False) -> TrainResult:
     """Train `objective`'s trainable parameters; `objective(*batch)` returns a dict with `loss`
-    (plus scalars to log). `dataset` yields batches (tuples or tensors) and is EpochAware."""
+    (plus scalars to log). `dataset` yields batches (tuples or tensors) and is EpochAware.
+
+    Nothing waits for the device between log steps: the step's scalars stay on the device and are
+    read every `train.log_every` steps, and the divergence check reads a device-side flag at every
+    log and checkpoint step, before anything is saved."""
     length = run_length(train_cfg, len(dataset), ctx.world_size)
     global_batch, steps_per_epoch, total = train_cfg.batch_size, length.steps_per_epoch, length.total
-    local_batch = global_batch // ctx.world_size
 
     objective.to(ctx.device)
     optimizer = build_optimizer(objective, train_cfg)
@@ -64,67 +62,109 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
     scaler = torch.amp.GradScaler(ctx.device.type) if precision == torch.float16 else None  # fp16 needs loss scaling
     if scaler is not None and resume and "grad_scaler" in resumed:
         scaler.load_state_dict(resumed["grad_scaler"])
+    forward = data_parallel(objective, ctx)  # gradients averaged over ranks while backward runs
+    if compile_model:
+        forward = torch.compile(forward)
+    sampler = RunBatches(len(dataset), seed, step, total, steps_per_epoch, global_batch,
+                         global_batch // ctx.world_size, ctx.rank)
+    loader = run_loader(dataset, sampler, seed, train_cfg.num_workers, ctx.device)
 
     progress = TrainingProgress(total, step, train_cfg.log_every, enabled=show_progress and ctx.is_main)
     log = MetricsLog(run_dir, step, enabled=ctx.is_main)
-    loss_value = math.nan
+    meter, health = StepMeter(), Divergence(ctx.device)
+    last_loss = None
     try:
         objective.train()
-        while step < total:
-            epoch, position = divmod(step, steps_per_epoch)
+        for batch in loader:
+            epoch = step // steps_per_epoch
             if isinstance(objective, EpochAware):  # epoch-dependent losses (H-SAM's decoder weighting)
                 objective.set_epoch(epoch)
-            for batch in _epoch_batches(dataset, seed, epoch, position, steps_per_epoch,
-                                        global_batch, local_batch, ctx.rank, train_cfg.num_workers):
-                if step >= total:
-                    break
-                batch = [t.to(ctx.device) for t in (batch if isinstance(batch, (list, tuple)) else [batch])]
-                lrs = {}
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(train_cfg.schedule, step, group["base_lr"], length.warmup, total,
-                                                train_cfg.poly_power)
-                    lrs[lr_metric(group["name"])] = group["lr"]
-                recording = bool(probes) and (step % train_cfg.log_every == 0 or step + 1 == total)
-                if recording:
-                    for probe in probes:
-                        probe.record_diagnostics(True)
-                with torch.autocast(ctx.device.type, dtype=precision or torch.bfloat16, enabled=precision is not None):
-                    losses = objective(*batch)
-                if any_rank(not torch.isfinite(losses["loss"]).item(), ctx):
-                    raise TrainingDiverged(
-                        f"loss became {losses['loss'].item()} at step {step} (epoch {epoch}); training "
-                        f"stopped, the last good state is {state_path if state_path.exists() else 'none'}"
-                        "; lower train.lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                (scaler.scale(losses["loss"]) if scaler else losses["loss"]).backward()
-                average_gradients(params)
-                if train_cfg.grad_clip:
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)  # before clipping
+            lrs = {}
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train_cfg.schedule, step, group["base_lr"], length.warmup, total,
+                                            train_cfg.poly_power)
+                lrs[lr_metric(group["name"])] = group["lr"]
+            logging = (step + 1) % train_cfg.log_every == 0 or step + 1 == total or step == 0  # and a run's first step
+            recording = bool(probes) and logging
+            for probe in probes if recording else ():
+                probe.record_diagnostics(True)
+            with torch.autocast(ctx.device.type, dtype=precision or torch.bfloat16, enabled=precision is not None):
+                losses = forward(*batch_to_device(batch, ctx.device))
+            health.watch(losses["loss"], step)
+            optimizer.zero_grad(set_to_none=True)
+            (scaler.scale(losses["loss"]) if scaler else losses["loss"]).backward()
+            if train_cfg.grad_clip:
                 if scaler:
-                    scaler.step(optimizer)  # skips the step when the scaled gradients overflowed
-                    scaler.update()
-                else:
-                    optimizer.step()
-                step += 1
-                loss_value = losses["loss"].item()
-                values = mean_over_ranks(losses, ctx) | lrs  # the global batch's values, not rank 0's
-                progress.update(step, epoch, values)
+                    scaler.unscale_(optimizer)
+                losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)  # before clipping
+            if scaler:
+                scaler.step(optimizer)  # skips the step when the scaled gradients overflowed
+                scaler.update()
+            else:
+                optimizer.step()
+            step += 1
+            meter.add(losses)
+            last_loss = losses["loss"].detach()
+            checkpointing = step % train_cfg.checkpoint_every == 0 or step == total
+            if logging or checkpointing:  # every rank alike: the check is a collective under torchrun
+                health.check(ctx, state_path)  # before anything of this step is saved
+            values = None
+            if logging:
+                values = meter.read(ctx) | lrs  # the global batch's means since the last log line
                 if recording:  # measured in this step's forward, before its update
                     values |= {k: float(v) for probe in probes for k, v in probe.diagnostics().items()}
-                    for probe in probes:
-                        probe.record_diagnostics(False)
                 log.write(step, {**values, "epoch": epoch})
-                if ctx.is_main and (step % train_cfg.checkpoint_every == 0 or step == total):
-                    scaling = {"grad_scaler": scaler.state_dict()} if scaler else {}
-                    save_training_state(state_path, objective, optimizer, {**header, **scaling, "step": step})
-                for callback in step_callbacks:
-                    callback(step)
+            for probe in probes if recording else ():
+                probe.record_diagnostics(False)
+            progress.update(step, epoch, values)
+            if checkpointing and ctx.is_main:
+                scaling = {"grad_scaler": scaler.state_dict()} if scaler else {}
+                save_training_state(state_path, objective, optimizer, {**header, **scaling, "step": step})
+            for callback in step_callbacks:
+                callback(step)
     finally:
         progress.close()
         log.close()
-    return TrainResult(step, loss_value)
+    return TrainResult(step, float(last_loss) if last_loss is not None else math.nan)
+
+
+class StepMeter:
+    """The steps' scalars summed on the device; `read` waits for them once, at a log step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            value = value.detach().float().reshape(())
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += 1
+
+    def read(self, ctx: DistContext) -> dict[str, float]:
+        means = {key: total / self.count for key, total in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return mean_over_ranks(means, ctx)
+
+
+class Divergence:
+    """The first step whose loss was not finite, kept on the device until `check` reads it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        first = (self.first_step < 0) & ~torch.isfinite(loss.detach())
+        self.first_step = torch.where(first, step, self.first_step)
+        self.loss = torch.where(first, loss.detach().float(), self.loss)
+
+    def check(self, ctx: DistContext, state_path: Path) -> None:
+        step, loss = first_non_finite(self.first_step, self.loss, ctx)
+        if step >= 0:
+            raise TrainingDiverged(
+                f"loss became {loss} at step {step}; training stopped, the last good state is "
+                f"{state_path if state_path.exists() else 'none'}; lower train.lr or check the data")
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -132,16 +172,3 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return torch.float16 if amp == "fp16" else None
-
-
-def _epoch_batches(dataset, seed, epoch, position, steps_per_epoch, global_batch, local_batch, rank,
-                   workers):
-    """This rank's share of each remaining global batch of the epoch."""
-    order = epoch_order(seed, epoch, len(dataset))
-    batches = [order[s * global_batch + rank * local_batch: s * global_batch + (rank + 1) * local_batch].tolist()
-               for s in range(position, steps_per_epoch)]
-    dataset.set_epoch(epoch)
-    # its own generator: a loader seeds its workers by drawing from the global RNG otherwise, and a run
-    # resumed mid-epoch (one more loader) would then draw differently from the uninterrupted one
-    workers_seed = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, generator=workers_seed)

@@ -28,13 +28,18 @@ class TrainingProgress:
             self._task = self._bar.add_task("train", total=total_steps, completed=start_step, info="")
             self._bar.start()
 
-    def update(self, step: int, epoch: int, values: dict[str, float]) -> None:
+    def update(self, step: int, epoch: int, values: dict[str, float] | None) -> None:
+        """Move on to `step`; `values` (read on log steps only: reading waits for the device) refresh the text."""
         if not self.enabled:
             return
-        info = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, info=f"epoch {epoch} {info}")
-        elif step % self.log_every == 0 or step == self.total:
+            if values is None:
+                self._bar.update(self._task, completed=step)
+            else:
+                info = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+                self._bar.update(self._task, completed=step, info=f"epoch {epoch} {info}")
+        elif values is not None:
+            info = " ".join(f"{k} {v:.4g}" for k, v in values.items())
             rate = step / max(time.monotonic() - self.started, 1e-9)
             print(f"step {step}/{self.total} epoch {epoch} {info} ({rate:.2f} steps/s)", flush=True)
 
