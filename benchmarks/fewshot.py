@@ -7,6 +7,13 @@ augmentation and evaluation. The SAMora arms fine-tune for 10 % of their baselin
     python benchmarks/fewshot.py --arms samed2 samora2 --ks 3 --docs-block fewshot-hosts
     python benchmarks/fewshot.py --dataset acdc --arms samed samora --docs-block fewshot-acdc   # the secondary
     python benchmarks/fewshot.py --ks 1 --draws 1 --test-count 4 --epochs-scale 0.05   # a smoke run
+    python benchmarks/fewshot.py --world --arms world --docs-block world-hippocampus     # the miniature world
+
+With --world the arms are recipes/world/<dataset>_<arm>.toml: mini-SAM with its decoder loaded (SAMed's
+re-initialisation rule), the world's stage-1 experts, built first by `python -m benchmarks.world.build`;
+their runs go to runs/world/fewshot-<dataset>. Every run then also scores validation subjects during
+training (the support pool's subjects outside the draw's support set, never a test subject) for the
+learning curves that `samora-kit plot curves` draws into docs/figures/.
 
 Pairing: every arm of one draw uses the same support subjects and run.seed = 1234 + draw, and the decoder
 is initialised from its own seed (samora_kit.train.model.build_model), so within a draw the arms start
@@ -38,21 +45,30 @@ from samora_kit.runner import run
 
 DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
 DECODER_ONLY = ["backbone.lora.blocks=[]"]  # no LoRA, no experts: the frozen base, only the decoder trains
+SHORT, FULL = "train.epochs=10", "train.epochs=100"  # SAMora's epochs, SAMed's (the recipes' values)
 ARMS = {  # name -> (recipe arm, overrides)
     "samed": ("samed", []),
+    "samed_short": ("samed", [SHORT]),  # SAMed at SAMora's epochs
     "samora": ("samora", []),
+    "samora_full": ("samora", [FULL]),  # SAMora at SAMed's epochs
     "decoder_only": ("samed", DECODER_ONLY),
-    "decoder_only_short": ("samed", [*DECODER_ONLY, "train.epochs=10"]),  # at SAMora's epochs
+    "decoder_only_short": ("samed", [*DECODER_ONLY, SHORT]),  # at SAMora's epochs
+    "unet": ("unet", []),  # what a user would pick instead: MONAI's U-Net from scratch, SAMed's epochs
     "h_sam": ("h_sam", []),
     "h_samora": ("h_samora", []),
     "samed2": ("samed2", []),
     "samora2": ("samora2", []),
 }
-LABELS = {"decoder_only": "decoder only", "decoder_only_short": "decoder only, SAMora's epochs"}
+LABELS = {"decoder_only": "decoder only", "decoder_only_short": "decoder only, SAMora's epochs",
+          "samed_short": "samed, SAMora's epochs", "samora_full": "samora, SAMed's epochs", "unet": "MONAI U-Net"}
 DEFAULT_ARMS = ["samed", "samora", "decoder_only", "decoder_only_short"]
+WORLD_ARMS = ["samed", "samed_short", "samora", "samora_full", "decoder_only", "decoder_only_short", "unet"]
 COMPARISONS = [  # (arm, against): reported when both ran
-    ("samora", "samed"), ("samora", "decoder_only_short"), ("samed", "decoder_only"),
+    ("samora", "samed"), ("samora", "samed_short"), ("samora", "decoder_only_short"),
+    ("samora_full", "samed"), ("samed", "decoder_only"), ("samed", "unet"), ("samora", "unet"),
     ("h_samora", "h_sam"), ("samora2", "samed2")]
+VALIDATION_SUBJECTS = 4  # per draw: the first support-pool subjects (sorted) outside its support set
+CURVE_POINTS = 10  # validations per run: every tenth of its epochs
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
 ABLATIONS = {  # label -> (recipe arm, overrides): Table 4 and 5 at one k
@@ -71,7 +87,9 @@ ABLATIONS = {  # label -> (recipe arm, overrides): Table 4 and 5 at one k
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="hippocampus")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
+    p.add_argument("--arms", nargs="+", choices=[*ARMS, "world"], default=DEFAULT_ARMS,
+                   help="arm names; `world`: every arm of the miniature world")
+    p.add_argument("--world", action="store_true", help="the miniature world's recipes (recipes/world/)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
@@ -83,40 +101,44 @@ def main() -> None:
     p.add_argument("--docs-block", default="fewshot", help="write between <!-- NAME:start/end --> (default fewshot)")
     args = p.parse_args()
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
-    suffix = "" if args.dataset == "hippocampus" else f"-{args.dataset}"
-    args.runs = args.runs or REPO / "runs" / f"fewshot{suffix}"
-    missing = sorted({_recipe(args.dataset, ARMS[arm][0]) for arm in args.arms} - set(_available(args.dataset)))
+    args.arms = WORLD_ARMS if args.arms == ["world"] else args.arms
+    args.recipes = "world" if args.world else "fewshot"
+    suffix = "" if args.dataset == "hippocampus" and not args.world else f"-{args.dataset}"
+    args.runs = args.runs or (REPO / "runs" / "world" if args.world else REPO / "runs") / f"fewshot{suffix}"
+    recipes = {arm: _recipe(args, ARMS[arm][0]) for arm in args.arms}
+    missing = sorted(set(recipes.values()) - set(_available(args)))
     if missing:
         sys.exit(f"no recipe {', '.join(missing)}: --arms for {args.dataset} use recipes "
-                 f"{', '.join(_available(args.dataset))}")
+                 f"{', '.join(_available(args))}")
 
-    one_off = _one_off_stages([_recipe(args.dataset, ARMS[arm][0]) for arm in args.arms])
+    one_off = _one_off_stages(list(recipes.values()), args.world)
     results: dict[tuple[str, int], list[dict]] = {}
     for k in args.ks:
         for draw in range(args.draws):
             for arm in args.arms:
                 recipe_arm, extra = ARMS[arm]
-                results.setdefault((arm, k), []).append(
-                    _run_arm(_recipe(args.dataset, recipe_arm), arm, k, draw, extra, args))
+                results.setdefault((arm, k), []).append(_run_arm(recipes[arm], arm, k, draw, extra, args))
     if args.ablations:
         for label, (recipe_arm, extra) in ABLATIONS.items():
             folder = label.replace(" ", "_").replace("'", "").replace(",", "")
             for draw in range(args.ablation_draws or args.draws):
                 results.setdefault((label, args.ablations), []).append(
-                    _run_arm(_recipe(args.dataset, recipe_arm), folder, args.ablations, draw, extra, args))
+                    _run_arm(_recipe(args, recipe_arm), folder, args.ablations, draw, extra, args))
     table = "\n".join([_markdown(results, command, args), _comparisons(results), _one_off_table(one_off)])
+    if args.world:
+        table += "\n" + _curves(args)
     print(table)
     if not args.no_docs:
         write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, table)
 
 
-def _recipe(dataset: str, recipe_arm: str) -> str:
-    return f"recipes/fewshot/{dataset}_{recipe_arm}.toml"
+def _recipe(args, recipe_arm: str) -> str:
+    return f"recipes/{args.recipes}/{args.dataset}_{recipe_arm}.toml"
 
 
-def _available(dataset: str) -> list[str]:
-    return sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes" / "fewshot").glob(f"{dataset}_*.toml")
-                  if "pretrain" not in p.name)
+def _available(args) -> list[str]:
+    return sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes" / args.recipes).glob(f"{args.dataset}_*.toml")
+                  if "pretrain" not in p.name and "stage1" not in p.name)
 
 
 def arm_overrides(arm_extra: list[str], k: int, draw: int, out: Path) -> list[str]:
@@ -125,14 +147,28 @@ def arm_overrides(arm_extra: list[str], k: int, draw: int, out: Path) -> list[st
             *arm_extra]
 
 
-def _one_off_stages(arm_recipes: list[str]) -> dict[str, str]:
+def validation_overrides(recipe, k: int, draw: int, epochs: int) -> list[str]:
+    """Score VALIDATION_SUBJECTS support-pool subjects outside draw `draw`'s support set about CURVE_POINTS
+    times a run: the adapter maps the subjects to its case ids (ACDC: both frames of each patient)."""
+    split = json.loads(Path(recipe.data.train.split_file).read_text())
+    support = set(split["support_sets"][f"k{k}"][draw])
+    subjects = [s for s in sorted(split["support_pool"]) if s not in support][:VALIDATION_SUBJECTS]
+    data = recipe.data.model_copy(update={"train": recipe.data.train.model_copy(
+        update={"split_file": None, "key": None, "cases": subjects})})
+    cases = default_registry().get("dataset", data.name).build(data).cases("train")
+    return [f"data.val.cases={json.dumps(cases)}", f"validation.every={max(1, epochs // CURVE_POINTS)}"]
+
+
+def _one_off_stages(arm_recipes: list[str], world: bool) -> dict[str, str]:
     """Train (or reuse) the base encoders and stage-1 experts the arms build on, each timed on its own.
-    Returns stage recipe -> its wall seconds as text ("reused" when it was finished before timing)."""
+    Returns stage recipe -> its wall seconds as text ("reused" when it was finished before timing).
+    The world's base is mini-SAM (`python -m benchmarks.world.build` times it); U-Net has no base."""
     registry = default_registry()
     stages: list[str] = []
     for path in dict.fromkeys(arm_recipes):
         recipe = load_recipe(REPO / path, registry)
-        stages.append(BASES[recipe.backbone.name])
+        if not world and recipe.backbone.name in BASES:
+            stages.append(BASES[recipe.backbone.name])
         if recipe.pretrain is not None:
             stages.append(str(Path(recipe.pretrain.recipe).relative_to(REPO)))
     seconds = {}
@@ -156,6 +192,9 @@ def _finished(recipe, folder: Path) -> bool:
 def _run_arm(recipe: str, arm: str, k: int, draw: int, extra: list[str], args) -> dict:
     out = args.runs / f"{arm}-k{k}-d{draw}"
     overrides = [*arm_overrides(extra, k, draw, out), *_scaled(recipe, extra, args.epochs_scale)]
+    if args.world:
+        resolved = load_recipe(REPO / recipe, default_registry(), overrides)
+        overrides += validation_overrides(resolved, k, draw, resolved.train.epochs)
     if args.test_count:
         overrides.append(f"data.test.count={args.test_count}")
     timing = out / TIMING
@@ -214,22 +253,48 @@ def _markdown(results: dict, command: str, args) -> str:
 
 
 def _comparisons(results: dict) -> str:
-    lines = ["**Paired comparisons** (transunet policy): per draw, arm minus baseline on the same support "
-             "subjects and decoder initialisation; mean over draws with its 95 % t-interval. An interval "
-             "that holds 0 shows no difference at this number of draws.", "",
-             "| comparison | k | draws | Δ mean Dice % [95 % CI] | Δ mean HD95 vox [95 % CI] |", "|---|---|---|---|---|"]
-    for arm, against in COMPARISONS:
-        for (name, k), runs in results.items():
-            if name != arm or (against, k) not in results:
-                continue
-            base = results[(against, k)]
-            n = min(len(runs), len(base))
-            cells = []
-            for metric, scale in (("dice", 100), ("hd95", 1)):
-                mean, low, high = paired_difference([r["summary"]["transunet"]["mean"][metric] * scale for r in runs[:n]],
-                                                    [r["summary"]["transunet"]["mean"][metric] * scale for r in base[:n]])
-                cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
-            lines.append(f"| {LABELS.get(arm, arm)} − {LABELS.get(against, against)} | {k} | {n} | {cells[0]} | {cells[1]} |")
+    lines = ["**Paired comparisons**: per draw, arm minus baseline on the same support subjects and decoder "
+             "initialisation; mean over draws with its 95 % t-interval. An interval that holds 0 shows no "
+             "difference at this number of draws. ⚠: a run of either arm predicted a test structure empty "
+             "(under the transunet policy such a structure scores HD95 = 0).", ""]
+    for policy, unit in (("transunet", "vox"), ("strict", "mm")):
+        lines += [f"*{policy} policy*", "",
+                  f"| comparison | k | draws | Δ mean Dice % [95 % CI] | Δ mean HD95 {unit} [95 % CI] | empty |",
+                  "|---|---|---|---|---|---|"]
+        for arm, against in COMPARISONS:
+            for (name, k), runs in results.items():
+                if name != arm or (against, k) not in results:
+                    continue
+                base = results[(against, k)]
+                n = min(len(runs), len(base))
+                cells = []
+                for metric, scale in (("dice", 100), ("hd95", 1)):
+                    mean, low, high = paired_difference(
+                        [r["summary"][policy]["mean"][metric] * scale for r in runs[:n]],
+                        [r["summary"][policy]["mean"][metric] * scale for r in base[:n]])
+                    cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+                misses = _misses(runs[:n], policy) + _misses(base[:n], policy)
+                lines.append(f"| {LABELS.get(arm, arm)} − {LABELS.get(against, against)} | {k} | {n} | "
+                             f"{cells[0]} | {cells[1]} | {f'⚠ {misses}' if misses else '0'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _curves(args) -> str:
+    """One learning-curve PNG per k in docs/figures/ (validation Dice against epochs and wall time, each
+    arm the mean of its draws with the min-max band), and the markdown that shows them."""
+    from samora_kit.eval.curves import group_curve, save_curves_plot
+
+    lines = []
+    for k in args.ks:
+        groups = [(LABELS.get(arm, arm), str(args.runs / f"{arm}-k{k}-d*")) for arm in ("samed", "samora")
+                  if arm in args.arms]
+        if not groups:
+            continue
+        path = REPO / "docs" / "figures" / f"world-{args.dataset}-k{k}-curves.png"
+        save_curves_plot([group_curve(label, pattern) for label, pattern in groups], path)
+        lines.append(f"![validation Dice of SAMed and SAMora, {args.dataset}, k = {k}]"
+                     f"(figures/{path.name})")
     return "\n".join(lines) + "\n"
 
 

@@ -1,15 +1,17 @@
 """What `samora-kit validate` checks beyond each key's schema: the files and recipes a recipe
 names, its cross-references, and (with the backbone built) every plugin's own checks through the
-`samora_kit_check_recipe` hook. `run` makes the first two checks before anything trains."""
+`samora_kit_check_recipe` hook; with the data at hand, that data.val holds no test case. `run` makes the
+first two checks before anything trains (and the segment flow the last)."""
 
 from __future__ import annotations
 
 from .errors import SamoraError
+from .eval.validation import validation_cases
 from .flows.compare import load_baselines
 from .flows.segment import experts_nobody_trains, load_pretrain_recipe
 from .plugins import LoadedPlugins
 from .recipe_paths import path_fields
-from .train.model import build_backbone
+from .train.model import build_backbone, build_dataset
 
 OUTPUTS = ("run.output_dir",)  # paths a run writes, not reads
 
@@ -43,6 +45,17 @@ def check_with_backbone(recipe, plugins: LoadedPlugins) -> list[str]:
         stage1 = load_pretrain_recipe(recipe, plugins.registry)
         problems += _prefixed(recipe.pretrain.recipe, check_with_backbone(stage1, plugins))
     return problems
+
+
+def check_validation_cases(recipe, registry) -> list[str]:
+    """data.val's cases resolve and none is a test case (reads the data set's case lists)."""
+    if recipe.task != "segment" or getattr(recipe.data, "val", None) is None:
+        return []
+    try:
+        validation_cases(recipe, build_dataset(recipe, registry))
+    except SamoraError as exc:
+        return [str(exc)]
+    return []
 
 
 def _pretrain_problems(recipe, registry) -> list[str]:

@@ -1,5 +1,5 @@
 """samora-kit command line: run, validate, plugins, schema, weights, data, evaluate, compare, explain,
-predict, recipes."""
+plot, predict, recipes."""
 
 from __future__ import annotations
 
@@ -141,6 +141,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_inference_flags(ex, batches=False)
     ex.set_defaults(func=_explain)
 
+    plot = sub.add_parser("plot", help="figures of run folders").add_subparsers(dest="action", required=True)
+    curves = plot.add_parser("curves", help="learning curves: validation Dice against epochs and training minutes "
+                             "(runs trained with data.val)")
+    curves.add_argument("runs", type=Path, nargs="*", metavar="RUN_DIR", help="run folders, one line each")
+    curves.add_argument("--output", "--out", type=Path, required=True, help="the PNG to write")
+    curves.add_argument("--label", action="append", default=[], metavar="NAME",
+                        help="a RUN's line name, in order (repeat once per RUN; default the folder names)")
+    curves.add_argument("--group", action="append", default=[], metavar="LABEL=GLOB",
+                        help="the mean of the runs matching GLOB with its min-max band, e.g. "
+                             "samed='runs/fewshot/samed-k3-d*' (repeatable)")
+    curves.set_defaults(func=_plot_curves)
+
     pr = sub.add_parser("predict", help="segment NIfTI volumes with a finished run")
     pr.add_argument("run_dir", type=Path)
     pr.add_argument("inputs", type=Path, nargs="+")
@@ -193,7 +205,7 @@ def _run(args, console):
 
 
 def _validate(args, console):
-    from .checks import check_references, check_with_backbone
+    from .checks import check_references, check_validation_cases, check_with_backbone
     from .plugins import default_plugins
     from .recipe import dump_recipe, load_recipe
     from .train.plan import planned_runs
@@ -212,6 +224,10 @@ def _validate(args, console):
         unchecked = str(exc)
     except SamoraError as exc:  # a batch larger than the data, a warm-up that outlasts the run
         raise RecipeError(str(args.recipe), [str(exc)]) from None
+    if runs is not None:  # the data is here: its validation cases must not be test cases
+        problems = check_validation_cases(recipe, registry)
+        if problems:
+            raise RecipeError(str(args.recipe), problems)
     console.print(f"[green]{escape(str(args.recipe))}: valid[/]; resolved recipe:", soft_wrap=True)
     # soft_wrap: folding long lines at the console width would turn the dump into invalid TOML
     console.print(dump_recipe(recipe), markup=False, highlight=False, emoji=False, soft_wrap=True)
@@ -314,6 +330,23 @@ def _explain(args, console):
             image = volume.image[z]
         maps[run_dir.name] = encoder_heatmap(model, image, precision)
     console.print(f"wrote {escape(str(save_heatmaps(image, maps, args.output, f'{args.case}, slice {z}')))}")
+
+
+def _plot_curves(args, console):
+    from .eval.curves import group_curve, run_curve, save_curves_plot
+
+    if not args.runs and not args.group:
+        raise SamoraError("plot curves: name at least one run folder or --group LABEL=GLOB")
+    if args.label and len(args.label) != len(args.runs):
+        raise SamoraError(f"plot curves: {len(args.label)} --label for {len(args.runs)} run folder(s); "
+                          "give one per run folder, in order, or none")
+    curves = [run_curve(run_dir, label) for run_dir, label in zip(args.runs, args.label or [None] * len(args.runs))]
+    for group in args.group:
+        label, _, pattern = group.partition("=")
+        if not label or not pattern:
+            raise SamoraError(f"--group {group!r}: expected LABEL=GLOB, e.g. samed='runs/fewshot/samed-k3-d*'")
+        curves.append(group_curve(label, pattern))
+    console.print(f"wrote {escape(str(save_curves_plot(curves, args.output)))}")
 
 
 def _predict(args, console):

@@ -22,6 +22,7 @@ import tomli_w
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator,
                       model_validator)
 
+from .data.selection import CaseSelection
 from .data.slices import AugmentConfig
 from .errors import RecipeError
 from .recipe_paths import pick_member, resolve_paths
@@ -100,6 +101,13 @@ class EvalSection(Strict):
     overlays: int = Field(4, ge=0)  # overlay PNGs written after evaluation
 
 
+class ValidationSection(Strict):
+    """Scoring data.val's cases while a segmentation recipe trains (metrics.jsonl gets val_dice)."""
+
+    every: int = Field(1, ge=1)  # epochs; the run's last step is scored too
+    batch_size: int | None = Field(None, ge=1)  # slices per forward pass; None: eval.batch_size
+
+
 class PretrainSection(Strict):
     recipe: Path  # a stage-1 recipe whose experts fill backbone.experts.packs (run or reused)
 
@@ -108,9 +116,17 @@ class CompareSection(Strict):
     recipes: list[Path]  # baselines run (or reused) on the same data; tables printed side by side
 
 
-def component_type(registry: Registry, kind: str) -> Any:
-    """One pydantic type accepting every registered component of `kind`, chosen by `name`."""
-    variants = [create_model(f"{kind}_{spec.name}", __base__=spec.config_model, name=(Literal[spec.name], ...))
+# what the core itself reads from a component's table, in a task's recipes: a segmentation recipe's
+# data table takes `val`, the cases scored during training, selected like data.train / data.test
+CORE_COMPONENT_KEYS = {("segment", "dataset"): {"val": (CaseSelection | None, None)}}
+
+
+def component_type(registry: Registry, kind: str, task: str | None = None) -> Any:
+    """One pydantic type accepting every registered component of `kind`, chosen by `name` (plus the keys
+    the core reads from such a table in `task`'s recipes, unless the component declares them itself)."""
+    core = CORE_COMPONENT_KEYS.get((task, kind), {})
+    variants = [create_model(f"{kind}_{spec.name}", __base__=spec.config_model, name=(Literal[spec.name], ...),
+                             **{k: v for k, v in core.items() if k not in spec.config_model.model_fields})
                 for spec in registry.specs(kind)]
     if not variants:
         return dict
@@ -126,7 +142,7 @@ def recipe_model(registry: Registry, task: str) -> type[BaseModel]:
         "run": (RunSection, RunSection()),
         "plugins": (PluginsSection, PluginsSection()),
         "backbone": (component_type(registry, "backbone"), ...),
-        "data": (component_type(registry, "dataset"), ...),
+        "data": (component_type(registry, "dataset", task), ...),
     }
     validators = {}
     if task == "segment":
@@ -134,8 +150,10 @@ def recipe_model(registry: Registry, task: str) -> type[BaseModel]:
                   "eval": (EvalSection, EvalSection()),
                   "decoder": (component_type(registry, "decoder"), ...),
                   "fuser": (Optional[component_type(registry, "fuser")], None),
+                  "validation": (Optional[ValidationSection], None),
                   "pretrain": (Optional[PretrainSection], None),
                   "compare": (Optional[CompareSection], None)}
+        validators["validation_needs_cases"] = model_validator(mode="after")(validation_needs_cases)
     elif task == "pretrain_experts":
         expert = create_model("ExpertEntry", __base__=Strict, name=(str, ...),
                               pretext=(component_type(registry, "pretext"), ...),
@@ -155,6 +173,14 @@ def recipe_model(registry: Registry, task: str) -> type[BaseModel]:
     else:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     return create_model(f"Recipe_{task}", __base__=Strict, __validators__=validators, **common, **fields)
+
+
+def validation_needs_cases(recipe):
+    """[validation] says how to score data.val's cases; without them it would do nothing."""
+    if recipe.validation is not None and getattr(recipe.data, "val", None) is None:
+        raise ValueError("validation: [validation] is set but data.val is not; name the cases to score "
+                         "during training, e.g. data.val = { split_file = \"split.json\", key = \"val\" }")
+    return recipe
 
 
 def recipe_json_schema(registry: Registry) -> dict:

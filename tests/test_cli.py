@@ -136,7 +136,7 @@ NOT_SHIPPED = tuple(str(REPO / folder) for folder in ("checkpoints", "data", "ru
 def test_every_shipped_recipe_validates_but_for_files_a_clone_lacks(path, capsys):
     code, out, err = _cli(capsys, "validate", path)
     if code == 0:
-        assert _resolved(out)["backbone"]["name"] in ("sam", "sam2")
+        assert _resolved(out)["backbone"]["name"] in ("sam", "sam2", "unet")
         return
     problems = [line.strip()[2:] for line in err.splitlines() if line.strip().startswith("- ")]
     assert code == 2 and problems, err
@@ -326,7 +326,7 @@ def test_third_party_plugin_is_listed_and_in_the_schema(site, tmp_path):
     written = _subprocess(["schema", "-o", schema_file], pythonpath=site)
     assert written.returncode == 0, written.stderr
     decoders = _components(json.loads(schema_file.read_text()), "decoder")
-    assert set(decoders) == {"samed", "hsam", "samed2", "linear_probe"}
+    assert set(decoders) == {"samed", "hsam", "samed2", "conv_head", "linear_probe"}
     assert decoders["linear_probe"]["properties"]["scale"]["minimum"] == 1
 
 

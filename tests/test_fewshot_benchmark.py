@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from samora_kit.flows.common import seed_everything
 from samora_kit.train.model import build_model
 from samora_kit_plugins.lora.checkpoints import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
+
+from .conftest import shared_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,25 +44,31 @@ def base(tmp_path_factory) -> Path:
     return path
 
 
-def _decoder(fewshot, arm: str, draw: int, base: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+def _decoder(fewshot, arm: str, draw: int, base: Path, tmp_path: Path, recipes: str = "fewshot"
+             ) -> dict[str, torch.Tensor]:
     """The decoder an arm's run of `draw` starts from, built as `samora-kit run` builds it."""
     registry = default_registry()
     recipe_arm, extra = fewshot.ARMS[arm]
     overrides = [*fewshot.arm_overrides(extra, 3, draw, tmp_path / arm), f"backbone.checkpoint={base}"]
-    recipe = load_recipe(REPO / fewshot._recipe("hippocampus", recipe_arm), registry, overrides)
+    where = SimpleNamespace(recipes=recipes, dataset="hippocampus")
+    recipe = load_recipe(REPO / fewshot._recipe(where, recipe_arm), registry, overrides)
     seed_everything(recipe.run.seed)
     return build_model(recipe, registry, num_classes=2).decoder.state_dict()
+
+
+def _same_start(decoders: dict[str, dict[str, torch.Tensor]], family: list[str]) -> None:
+    first = decoders[family[0]]
+    for arm in family[1:]:
+        assert decoders[arm].keys() == first.keys()
+        different = [k for k in first if not torch.equal(decoders[arm][k], first[k])]
+        assert not different, f"{arm} starts from another decoder than {family[0]}: {different[:3]}"
 
 
 def test_every_arm_of_a_draw_starts_from_the_same_decoder(fewshot, base, tmp_path):
     arms = ["samed", "samora", "decoder_only", "decoder_only_short", "h_sam", "h_samora"]
     decoders = {arm: _decoder(fewshot, arm, 1, base, tmp_path) for arm in arms}
     for family in (["samed", "samora", "decoder_only", "decoder_only_short"], ["h_sam", "h_samora"]):
-        first = decoders[family[0]]
-        for arm in family[1:]:
-            assert decoders[arm].keys() == first.keys()
-            different = [k for k in first if not torch.equal(decoders[arm][k], first[k])]
-            assert not different, f"{arm} starts from another decoder than {family[0]}: {different[:3]}"
+        _same_start(decoders, family)
     other_draw = _decoder(fewshot, "samed", 2, base, tmp_path)  # each draw has its own initialisation
     assert any(not torch.equal(other_draw[k], decoders["samed"][k]) for k in other_draw)
 
@@ -69,3 +79,48 @@ def test_paired_difference_is_the_mean_of_per_draw_differences_with_a_t_interval
     half = 4.303 * 0.1 / math.sqrt(3)  # t(0.975, 2) x sd of (0.1, 0.2, 0.3) / sqrt(3)
     assert (low, high) == pytest.approx((0.2 - half, 0.2 + half), abs=1e-4)  # t rounded to 4 digits
     assert math.isnan(fewshot.paired_difference([0.5], [0.4])[1])
+
+
+@pytest.fixture(scope="module")
+def mini_sam_file(tmp_path_factory) -> Path:
+    """A tiny mini-SAM at the world's 128 px, exported as an official file and imported."""
+    from benchmarks.world import mini_sam
+
+    torch.manual_seed(0)
+    encoder = build_sam_backbone(SamBackboneConfig(variant="tiny", image_size=128))
+    folder = tmp_path_factory.mktemp("mini_sam")
+    encoder_file, _ = save_sam_layout(folder / "encoder.safetensors", encoder.encoder_state_in_official_layout(),
+                                      {"format": "sam-encoder", "origin": "test", "variant": "tiny",
+                                       "source_image_size": 128})
+    model = mini_sam.build_promptable_sam(encoder_file, "tiny", 128, corrections=0)
+    mini_sam.export_official(model, folder / mini_sam.PTH)
+    return mini_sam.import_official(folder / mini_sam.PTH, folder / mini_sam.SAFETENSORS, "tiny")[0]
+
+
+def test_the_worlds_sam_arms_of_a_draw_start_from_the_same_decoder_loaded_from_mini_sam(
+        fewshot, mini_sam_file, tmp_path):
+    arms = ["samed", "samed_short", "samora", "samora_full", "decoder_only", "decoder_only_short"]
+    decoders = {arm: _decoder(fewshot, arm, 0, mini_sam_file, tmp_path, "world") for arm in arms}
+    _same_start(decoders, arms)
+    kept = torch.load(mini_sam_file.with_suffix(".pth"), weights_only=True)
+    transformer = [k for k in decoders["samed"] if k.startswith("mask_decoder.transformer.")]
+    assert transformer and all(torch.equal(decoders["samed"][k], kept[k]) for k in transformer)
+
+
+@pytest.mark.parametrize("dataset, frames", [("hippocampus", 1), ("acdc", 2)])
+def test_validation_subjects_are_support_pool_subjects_outside_the_draw_and_never_test(
+        fewshot, dataset, frames):
+    shared_dataset({"hippocampus": "msd_hippocampus", "acdc": "acdc"}[dataset])
+    where = SimpleNamespace(recipes="world", dataset=dataset)
+    recipe = load_recipe(REPO / fewshot._recipe(where, "samed"), default_registry(),
+                         ["data.train.key=support_sets.k3.2"])
+    overrides = fewshot.validation_overrides(recipe, 3, 2, recipe.train.epochs)
+    cases = json.loads(overrides[0].split("=", 1)[1])
+    assert overrides[1] == f"validation.every={recipe.train.epochs // fewshot.CURVE_POINTS}"
+    split = json.loads(Path(recipe.data.train.split_file).read_text())
+    subjects = {case.split("_frame")[0] for case in cases}
+    assert len(cases) == frames * fewshot.VALIDATION_SUBJECTS == frames * len(subjects)
+    assert subjects <= set(split["support_pool"]) and not subjects & set(split["support_sets"]["k3"][2])
+    assert not subjects & set(split["test"])
+    checked = load_recipe(REPO / fewshot._recipe(where, "samed"), default_registry(), overrides)
+    assert checked.data.val.cases == cases

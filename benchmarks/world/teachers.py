@@ -4,9 +4,9 @@ autoencoding) through the kit's loop, then exported in the official layouts that
 for the real checkpoints, so stage 1 imports them as it would import `r50_2x_sk1.pth` and
 `mae_pretrain_vit_large.pth`.
 
-    python benchmarks/world/teachers.py --out runs/world/teachers                       # CPU, ~10 min each
-    python benchmarks/world/teachers.py --source scenes --image-size 128 --out DIR --scale gpu
-    python benchmarks/world/teachers.py --out /tmp/teachers --steps 3                   # a smoke run
+    python -m benchmarks.world.teachers --out runs/world/teachers                       # CPU, ~10 min each
+    python -m benchmarks.world.teachers --source scenes --image-size 128 --out DIR --scale gpu
+    python -m benchmarks.world.teachers --out /tmp/teachers --steps 3                   # a smoke run
 
 Files in --out:
 - simclrv2_mini.pth: `{"resnet": state dict, "head": state dict}`, what Separius/SimCLRv2-Pytorch's
@@ -59,6 +59,8 @@ from samora_kit.train.lock import run_folder_lock
 from samora_kit.train.loop import train
 from samora_kit.train.runfolder import STATE_FILE
 from samora_kit.weights.io import atomic_write, atomic_write_text, read_header, sha256_of
+
+from benchmarks.world.cli import add_common_flags, exit_code, preset_with_flags
 
 REPO = Path(__file__).resolve().parents[2]
 KVASIR_ROOT = REPO.parent / "shared" / "data" / "kvasir_seg"
@@ -268,20 +270,12 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder for simclrv2_mini.pth, mae_mini.pth, "
                    "their .json and runs")
-    p.add_argument("--scale", choices=sorted(PRESETS), default="cpu", help="the preset the flags below adjust")
-    p.add_argument("--source", choices=SOURCES)
+    add_common_flags(p, PRESETS, SOURCES, KVASIR_ROOT)
     p.add_argument("--image-size", type=int, help="the target SAM's image size (the MAE's token grid must match)")
     p.add_argument("--steps", type=int, help="every teacher's optimizer steps (smoke runs)")
     p.add_argument("--teachers", nargs="+", choices=sorted(TEACHERS), default=list(TEACHERS))
-    p.add_argument("--num-scenes", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--kvasir-root", type=Path, default=KVASIR_ROOT)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-             if getattr(args, f.name, None) is not None}
-    settings = dataclasses.replace(PRESETS[args.scale], **given)
+    settings = preset_with_flags(PRESETS, args)
     patch = settings.mae.architecture["patch_size"]
     if settings.image_size % patch:
         p.error(f"--image-size {settings.image_size}: the MAE teacher needs a multiple of its {patch}-px patches")
@@ -295,16 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     from samora_kit.devices import resolve_device
 
     settings, args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def build() -> None:
         records = build_teachers(settings, args.out, args.teachers, kvasir_root=args.kvasir_root,
                                  device=resolve_device(args.device))
-    except SamoraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for record in records.values():
-        print(json.dumps({k: record.get(k) for k in ("pth", "fingerprint", "steps", "first_loss", "final_loss",
-                                                      "train_seconds", "seconds_per_step", "recipe_teacher")}))
-    return 0
+        for record in records.values():
+            print(json.dumps({k: record.get(k) for k in ("pth", "fingerprint", "steps", "first_loss", "final_loss",
+                                                          "train_seconds", "seconds_per_step", "recipe_teacher")}))
+
+    return exit_code(build)
 
 
 if __name__ == "__main__":

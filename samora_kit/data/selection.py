@@ -41,11 +41,12 @@ class CaseSelection(ComponentConfig):
             return str(self.list_file)
         return "the explicit cases list"
 
-    def resolve(self, available_ids: Iterable[str], base_dir: str | Path) -> list[str]:
-        """The selected ids, in source order; relative files are read from base_dir (the dataset root)."""
-        available = list(available_ids)
+    def resolve(self, available_ids: Iterable[str] | None, base_dir: str | Path) -> list[str]:
+        """The selected ids, in source order; relative files are read from base_dir (the dataset root).
+        available_ids None: the ids are not checked here (the adapter checks each when it loads it)."""
         ids, where = self._read_ids(Path(base_dir))
-        _check_known(ids, available, where)
+        if available_ids is not None:
+            _check_known(ids, list(available_ids), where)
         if self.count is None:
             return ids
         if self.count > len(ids):

@@ -23,23 +23,27 @@ from ..weights.io import atomic_write  # noqa: E402
 
 def encoder_heatmap(model, image_hw: np.ndarray, precision: torch.dtype | None = None) -> np.ndarray:
     """Grad-CAM in [0, 1] at the slice's size: channel weights = mean gradient of the summed
-    foreground logits w.r.t. the embedding; map = ReLU(weighted sum of channels). Runs where the
-    model is, under autocast to `precision` (None: fp32)."""
+    foreground logits w.r.t. the embedding; map = ReLU(weighted sum of channels). A decoder that reads
+    only the finer maps of a feature pyramid (a U-Net's head) gets its Grad-CAM on the first map it reads.
+    Runs where the model is, under autocast to `precision` (None: fp32)."""
     model.eval()
     device = next(model.parameters()).device
     x = to_device(slice_to_model_input(image_hw, model.image_size)[None], device)
     with autocast(device, precision):
-        with torch.no_grad():  # the gradient starts at the embedding
+        with torch.no_grad():  # the gradient starts at the encoder's output
             features = model.backbone(x)
         embedding = embedding_of(features).detach().requires_grad_(True)  # 1, C, g, g
-        if isinstance(features, FeaturePyramid):  # SAM2: the finer maps go along unchanged
-            features = FeaturePyramid(embedding, tuple(level.detach() for level in features.high_res))
+        maps = [embedding]
+        if isinstance(features, FeaturePyramid):
+            maps += [level.detach().requires_grad_(True) for level in features.high_res]
+            features = FeaturePyramid(embedding, tuple(maps[1:]))
         else:
             features = embedding
         logits = model.decoder(features)
     foreground = logits[:, 1:].float().sum()
-    (grad,) = torch.autograd.grad(foreground, embedding)
-    cam = F.relu((grad.float().mean(dim=(2, 3), keepdim=True) * embedding.float()).sum(1, keepdim=True))
+    grads = torch.autograd.grad(foreground, maps, allow_unused=True)
+    grad, read = next((g, m) for g, m in zip(grads, maps) if g is not None)
+    cam = F.relu((grad.float().mean(dim=(2, 3), keepdim=True) * read.float()).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=image_hw.shape, mode="bilinear", align_corners=False)[0, 0].detach().cpu()
     return (cam / cam.max()).numpy() if cam.max() > 0 else cam.numpy()
 

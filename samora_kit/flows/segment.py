@@ -14,9 +14,10 @@ from .. import __version__
 from ..data.slices import SliceDataset
 from ..errors import CheckpointError, DataError, SamoraError
 from ..eval.evaluate import evaluate, summary_table
+from ..eval.validation import ValidationSet, validation_cases
 from ..interfaces import DecoderObjective
 from ..plugins import default_plugins
-from ..recipe import dump_recipe, load_recipe, parse_recipe_text
+from ..recipe import ValidationSection, dump_recipe, load_recipe, parse_recipe_text
 from ..train.loop import train
 from ..train.losses import DiceCELoss
 from ..train.model import SegmentationModel, SegmentationObjective, build_dataset, build_model
@@ -55,14 +56,16 @@ def _train_and_evaluate(recipe, session: Session, run_dir: Path, resume: bool) -
     model = build_model(recipe, registry, adapter.num_classes)
     dataset = SliceDataset(volumes, model.image_size, recipe.train.augment, recipe.run.seed,
                            recipe.train.foreground_only)
+    validation = _validation_set(recipe, adapter, model, ctx)
     session.write_run_files(run_dir, resolved)  # only once data and model are known to be good
     if ctx.is_main:
-        console.print(f"[bold]{escape(recipe.run.name)}[/]: {len(volumes)} training volumes, {len(dataset)} slices, "
-                      f"{_count(model)} on {ctx.device}; run folder {escape(str(run_dir))}")
+        scored = f"; {len(validation.cases)} validation volumes" if validation else ""
+        console.print(f"[bold]{escape(recipe.run.name)}[/]: {len(volumes)} training volumes, {len(dataset)} slices"
+                      f"{scored}, {_count(model)} on {ctx.device}; run folder {escape(str(run_dir))}")
     header = {"samora_kit_version": __version__, "recipe": resolved,
               "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
     result = train(_objective(model, recipe.train), dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume,
-                   header, session.show_progress, compile_model=recipe.run.compile)
+                   header, session.show_progress, compile_model=recipe.run.compile, validation=validation)
     if not ctx.is_main:
         return None, adapter.class_names
     weights = save_weights(run_dir / WEIGHTS_FILE, model.weights_to_save(),
@@ -73,6 +76,15 @@ def _train_and_evaluate(recipe, session: Session, run_dir: Path, resume: bool) -
     console.print(summary_table(summary, adapter.class_names, f"{recipe.run.name}: test set"))
     console.print(f"reports: {escape(str(run_dir / 'eval'))}")
     return summary, adapter.class_names
+
+
+def _validation_set(recipe, adapter, model: SegmentationModel, ctx) -> ValidationSet | None:
+    """data.val's cases (never a test case), loaded before anything trains; None without data.val."""
+    cases = validation_cases(recipe, adapter)
+    if not cases:
+        return None
+    settings = recipe.validation or ValidationSection()
+    return ValidationSet(model, adapter, cases, settings.every, settings.batch_size or recipe.eval.batch_size, ctx)
 
 
 def with_pretrained_experts(recipe, session: Session):

@@ -7,10 +7,15 @@ so a resumed run and an N-process run see exactly the samples of a plain run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..errors import SamoraError, TrainingDiverged
@@ -28,6 +33,14 @@ from .schedule import learning_rate, run_length
 step_callbacks: list[Callable[[int], None]] = []
 
 
+class EpochValidation(Protocol):
+    """Scores the model being trained on held-out cases (samora_kit.eval.validation.ValidationSet)."""
+
+    every: int  # epochs between scorings; the run's last step is scored too
+
+    def __call__(self) -> dict[str, float]: ...
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -36,9 +49,15 @@ class TrainResult:
 
 def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Path,
           ctx: DistContext, resume: bool = False, header: dict | None = None,
-          show_progress: bool = True, compile_model: bool = False) -> TrainResult:
+          show_progress: bool = True, compile_model: bool = False,
+          validation: EpochValidation | None = None) -> TrainResult:
     """Train `objective`'s trainable parameters; `objective(*batch)` returns a dict with `loss`
     (plus scalars to log). `dataset` yields batches (tuples or tensors) and is EpochAware.
+
+    With `validation`, every `validation.every` epochs and at the last step the scores go to
+    metrics.jsonl with the epoch, the training wall time (`elapsed_s`, validation excluded) and
+    the validation's own (`val_s`); the model's modes and the random generators are restored
+    after it, so the run trains exactly what it would have without it.
 
     Nothing waits for the device between log steps: the step's scalars stay on the device and are
     read every `train.log_every` steps, and the divergence check reads a device-side flag at every
@@ -51,12 +70,13 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
     params = [p for group in optimizer.param_groups for p in group["params"]]
     probes = [m for m in objective.modules() if isinstance(m, Diagnostics)]
     state_path = run_dir / STATE_FILE
-    step = 0
+    step, elapsed_before = 0, 0.0  # wall seconds trained before this process (a resumed run's past)
     if resume:
         if not state_path.exists():
             raise SamoraError(f"--resume: {state_path} does not exist; nothing to resume")
         resumed = load_training_state(state_path, objective, optimizer)
         step = resumed["step"]
+        elapsed_before = float(resumed.get("elapsed_s", 0.0))
     header = {**(header or {}), "steps_per_epoch": steps_per_epoch}
     precision = autocast_dtype(train_cfg.amp, ctx.device)  # None: fp32
     scaler = torch.amp.GradScaler(ctx.device.type) if precision == torch.float16 else None  # fp16 needs loss scaling
@@ -72,6 +92,7 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
     progress = TrainingProgress(total, step, train_cfg.log_every, enabled=show_progress and ctx.is_main)
     log = MetricsLog(run_dir, step, enabled=ctx.is_main)
     meter, health = StepMeter(), Divergence(ctx.device)
+    clock = TrainingClock(elapsed_before)
     last_loss = None
     try:
         objective.train()
@@ -106,26 +127,84 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
             meter.add(losses)
             last_loss = losses["loss"].detach()
             checkpointing = step % train_cfg.checkpoint_every == 0 or step == total
-            if logging or checkpointing:  # every rank alike: the check is a collective under torchrun
+            validating = validation is not None and (step == total or (
+                step % steps_per_epoch == 0 and (step // steps_per_epoch) % validation.every == 0))
+            if logging or checkpointing or validating:  # every rank alike: the check is a collective under torchrun
                 health.check(ctx, state_path)  # before anything of this step is saved
             values = None
             if logging:
                 values = meter.read(ctx) | lrs  # the global batch's means since the last log line
                 if recording:  # measured in this step's forward, before its update
                     values |= {k: float(v) for probe in probes for k, v in probe.diagnostics().items()}
-                log.write(step, {**values, "epoch": epoch})
+                log.write(step, {**values, "epoch": epoch, "elapsed_s": clock.elapsed()})
             for probe in probes if recording else ():
                 probe.record_diagnostics(False)
             progress.update(step, epoch, values)
+            if validating:  # before the checkpoint: a run killed in between scores this step again on resume
+                record = validate(validation, objective, clock, ctx, step / steps_per_epoch)
+                log.write(step, record, group="val")
+                progress.note(f"validation at epoch {record['epoch']:g}: Dice {record['val_dice']:.4f} "
+                              f"({record['val_s']:.1f} s)")
             if checkpointing and ctx.is_main:
                 scaling = {"grad_scaler": scaler.state_dict()} if scaler else {}
-                save_training_state(state_path, objective, optimizer, {**header, **scaling, "step": step})
+                save_training_state(state_path, objective, optimizer,
+                                    {**header, **scaling, "step": step, "elapsed_s": clock.elapsed()})
             for callback in step_callbacks:
                 callback(step)
     finally:
         progress.close()
         log.close()
     return TrainResult(step, float(last_loss) if last_loss is not None else math.nan)
+
+
+class TrainingClock:
+    """Wall seconds spent training: since the loop started (plus a resumed run's past), validation excluded."""
+
+    def __init__(self, before: float) -> None:
+        self.before = before
+        self.started, self.paused = time.monotonic(), 0.0
+
+    def elapsed(self) -> float:
+        """Read at log steps, where the host has just waited for the device anyway."""
+        return round(self.before + time.monotonic() - self.started - self.paused, 3)
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+
+def validate(validation: EpochValidation, objective: torch.nn.Module, clock: TrainingClock, ctx: DistContext,
+             epoch: float) -> dict[str, float]:
+    """One validation record: the scores, the epoch (epochs completed), training and validation seconds.
+    The device finishes the training step first, so its time is not counted as validation's."""
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    elapsed = clock.elapsed()
+    started = time.monotonic()
+    with torch.no_grad(), preserved_training_state(objective, ctx.device):
+        scores = validation()
+    seconds = time.monotonic() - started
+    clock.pause(seconds)
+    whole = round(epoch)
+    return {"epoch": whole if abs(epoch - whole) < 1e-9 else round(epoch, 4), **scores,
+            "elapsed_s": elapsed, "val_s": round(seconds, 3)}
+
+
+@contextmanager
+def preserved_training_state(modules: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Inside, validation may put the model in eval mode and draw random numbers; after, every module's
+    train/eval mode and the torch (CPU and `device`), numpy and Python generators are as they were, so
+    training goes on exactly as it would have without validation."""
+    modes = [(m, m.training) for m in modules.modules()]
+    python, numpy = random.getstate(), np.random.get_state()
+    cuda = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 class StepMeter:

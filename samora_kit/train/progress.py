@@ -18,6 +18,7 @@ class TrainingProgress:
     def __init__(self, total_steps: int, start_step: int, log_every: int, enabled: bool = True):
         self.console = Console(stderr=True)
         self.total, self.log_every, self.enabled = total_steps, log_every, enabled
+        self.start_step = start_step  # a resumed run's rate counts only the steps this process made
         self.interactive = enabled and sys.stderr.isatty()
         self.started = time.monotonic()
         self._bar = None
@@ -40,8 +41,15 @@ class TrainingProgress:
                 self._bar.update(self._task, completed=step, info=f"epoch {epoch} {info}")
         elif values is not None:
             info = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-            rate = step / max(time.monotonic() - self.started, 1e-9)
+            rate = (step - self.start_step) / max(time.monotonic() - self.started, 1e-9)
             print(f"step {step}/{self.total} epoch {epoch} {info} ({rate:.2f} steps/s)", flush=True)
+
+    def note(self, text: str) -> None:
+        """A line of its own: above the bar on a terminal, else beside the plain step lines."""
+        if self._bar is not None:
+            self.console.print(escape(text), highlight=False)
+        elif self.enabled:
+            print(text, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -76,7 +84,8 @@ class MetricsLog:
 
         self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
-    def write(self, step: int, values: dict[str, float]) -> None:
+    def write(self, step: int, values: dict[str, float], group: str = "train") -> None:
+        """One line of metrics.jsonl; TensorBoard gets each number as `group/key`."""
         if not self.enabled:
             return
         try:
@@ -84,7 +93,7 @@ class MetricsLog:
             self._fh.flush()
             for key, value in values.items():
                 if isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"train/{key}", value, step)
+                    self._tb.add_scalar(f"{group}/{key}", value, step)
         except OSError as exc:
             raise WriteError(f"{self.path.parent}: metrics.jsonl / tensorboard cannot be written "
                              f"({describe_os_error(exc)}); the last checkpoint is kept, resume with --resume") from None
