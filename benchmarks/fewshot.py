@@ -281,8 +281,9 @@ def _comparisons(results: dict) -> str:
 
 
 def _curves(args) -> str:
-    """One learning-curve PNG per k in docs/figures/ (validation Dice against epochs and wall time, each
-    arm the mean of its draws with the min-max band), and the markdown that shows them."""
+    """One learning-curve PNG per k in docs/figures/ (with --no-docs: in the runs folder), validation Dice
+    against epochs and wall time, each arm the mean of its draws with its min-max band; and the markdown
+    that shows them."""
     from samora_kit.eval.curves import group_curve, save_curves_plot
 
     lines = []
@@ -291,7 +292,8 @@ def _curves(args) -> str:
                   if arm in args.arms]
         if not groups:
             continue
-        path = REPO / "docs" / "figures" / f"world-{args.dataset}-k{k}-curves.png"
+        folder = args.runs if args.no_docs else REPO / "docs" / "figures"
+        path = folder / f"world-{args.dataset}-k{k}-curves.png"
         save_curves_plot([group_curve(label, pattern) for label, pattern in groups], path)
         lines.append(f"![validation Dice of SAMed and SAMora, {args.dataset}, k = {k}]"
                      f"(figures/{path.name})")

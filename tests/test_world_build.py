@@ -88,3 +88,12 @@ def test_stage1_is_pointed_at_the_worlds_files(target, tmp_path):
     assert [e.teacher.checkpoint for e in recipe.experts[:2]] == [tmp_path / "teachers" / "simclrv2_mini.pth",
                                                                   tmp_path / "teachers" / "mae_mini.pth"]
     assert recipe.train.epochs == 3  # the GPU scale's overrides reach the recipe
+
+
+def test_the_docs_table_gives_each_stage_with_its_figures(world):
+    _, record = world
+    table = build.world_table(record, "python -m benchmarks.world.build")
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "stage" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["source_mae", "mini_sam", "teachers"]
+    box = record["stages"]["mini_sam"]["held_out_after"]["scenes"]["box_miou"]
+    assert f"scenes {box:.3f}" in table and "simclrv2: loss" in table and "mae: loss" in table

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -35,6 +36,7 @@ from samora_kit.recipe import load_recipe
 from samora_kit.runner import run
 from samora_kit.weights.io import atomic_write_text, sha256_of
 
+from benchmarks.common import write_doc_block
 from benchmarks.world import mini_sam, teachers
 from benchmarks.world.cli import exit_code
 
@@ -139,7 +141,8 @@ def build_world(root: Path, scale: Scale, targets: list[str], device: str = "aut
 
     def promptable(folder: Path) -> dict:
         record = mini_sam.build_mini_sam(sam_settings, encoder, folder, device=resolve_device(device))
-        return {key: record[key] for key in ("sha256", "steps", "train_seconds", "held_out_before", "held_out_after")}
+        return {key: record[key] for key in ("sha256", "steps", "train_seconds", "resumed", "held_out_before",
+                                             "held_out_after")}
 
     world.stage("mini_sam", {"settings": asdict(sam_settings), "encoder": sha256_of(encoder),
                              "version": mini_sam.TRAINING_VERSION}, promptable)
@@ -169,6 +172,33 @@ def build_world(root: Path, scale: Scale, targets: list[str], device: str = "aut
     return world.record
 
 
+def world_table(record: dict, command: str) -> str:
+    """world.json as the markdown docs/benchmarks.md shows: each stage, its wall time and key figures."""
+    stages = record["stages"]
+    lines = [f"Command: `{command}` (scale `{record.get('scale')}`; `runs/world/world.json` holds every figure).", "",
+             "| stage | wall s when built | what it gives |", "|---|---|---|"]
+    for name, stage in stages.items():
+        lines.append(f"| {name} | {stage['wall_s']:.0f} | {_figures(name, stage)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _figures(name: str, stage: dict) -> str:
+    if name == "mini_sam":
+        after, before = stage["held_out_after"], stage["held_out_before"]
+        return "held-out mIoU, box / one point (before training): " + "; ".join(
+            f"{source} {a['box_miou']:.3f} / {a['point_miou']:.3f} ({before[source]['box_miou']:.3f} / "
+            f"{before[source]['point_miou']:.3f})" for source, a in after.items()) + \
+            f"; {stage['steps']} steps, {stage['train_seconds']:.0f} s of training" + \
+            (" (resumed: this process's part only)" if stage.get("resumed") else "")
+    if name == "teachers":
+        return "; ".join(f"{key}: loss {t['first_loss']:.3f} → {t['final_loss']:.3f} in {t['steps']} steps, "
+                         f"{t['train_seconds']:.0f} s"
+                         for key, t in stage.items() if isinstance(t, dict) and "final_loss" in t)
+    if name.startswith("stage1_"):
+        return "experts " + ", ".join(stage["experts"])
+    return f"base encoder sha256 {stage['sha256'][:12]}…"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", nargs="*", choices=TARGETS, default=list(TARGETS),
                    help="the targets whose stage 1 to build (none: only the source-domain stages)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--docs-block", help="also write the stage table between <!-- NAME:start/end --> of "
+                   "docs/benchmarks.md")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     def build() -> None:
         record = build_world(args.root.resolve(), SCALES[args.scale], args.targets, args.device, args.scale)
-        for name, stage in record["stages"].items():
-            print(f"{name:22s} {stage['wall_s']:8.0f} s  {stage['fingerprint']}")
+        table = world_table(record, shlex.join(["python", "-m", "benchmarks.world.build", *(argv or sys.argv[1:])]))
+        print(table)
+        if args.docs_block:
+            write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, table)
 
     return exit_code(build)
 
