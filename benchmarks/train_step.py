@@ -13,6 +13,7 @@ import torch
 from common import benchmark_parser, flops_of, measure_each, model_from_recipe, peak_memory_mib, report, seconds_per_call
 
 from samora_kit.train.losses import DiceCELoss
+from samora_kit.train.optim import build_optimizer
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     images = torch.rand(batch, 3, size, size, device=device)
     labels = torch.randint(0, args.num_classes + 1, (batch, size // 4, size // 4), device=device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizer = build_optimizer(model, recipe.train)  # the optimizer a run of the recipe trains with
     loss_fn = DiceCELoss(args.num_classes)
     bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
 
