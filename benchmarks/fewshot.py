@@ -69,6 +69,7 @@ COMPARISONS = [  # (arm, against): reported when both ran
     ("h_samora", "h_sam"), ("samora2", "samed2")]
 VALIDATION_SUBJECTS = 4  # per draw: the first support-pool subjects (sorted) outside its support set
 CURVE_POINTS = 10  # validations per run: every tenth of its epochs
+CURVE_ARMS = ("samed", "samora", "samed_short", "decoder_only_short")  # drawn when they ran
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
 ABLATIONS = {  # label -> (recipe arm, overrides): Table 4 and 5 at one k
@@ -288,14 +289,14 @@ def _curves(args) -> str:
 
     lines = []
     for k in args.ks:
-        groups = [(LABELS.get(arm, arm), str(args.runs / f"{arm}-k{k}-d*")) for arm in ("samed", "samora")
+        groups = [(LABELS.get(arm, arm), str(args.runs / f"{arm}-k{k}-d*")) for arm in CURVE_ARMS
                   if arm in args.arms]
         if not groups:
             continue
         folder = args.runs if args.no_docs else REPO / "docs" / "figures"
         path = folder / f"world-{args.dataset}-k{k}-curves.png"
         save_curves_plot([group_curve(label, pattern) for label, pattern in groups], path)
-        lines.append(f"![validation Dice of SAMed and SAMora, {args.dataset}, k = {k}]"
+        lines.append(f"![validation Dice during training, {args.dataset}, k = {k}]"
                      f"(figures/{path.name})")
     return "\n".join(lines) + "\n"
 
