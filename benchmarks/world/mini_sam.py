@@ -373,7 +373,7 @@ SPEED_ONLY = ("num_workers", "checkpoint_every")  # settings that leave the weig
 
 
 PRESETS = {
-    "cpu": Settings(),  # measured on a 2-core CPU at 128 px: see the module's report in docs/benchmarks.md
+    "cpu": Settings(),  # its held-out figures and time: docs/benchmarks.md, "The world's build"
     "gpu": Settings(steps=8000, batch_size=32, prompts_per_image=16, corrections=2, lr=8e-4, num_scenes=65536,
                     eval_images=256, num_workers=6),
 }
