@@ -8,6 +8,7 @@ augmentation and evaluation. The SAMora arms fine-tune for 10 % of their baselin
     python benchmarks/fewshot.py --dataset acdc --arms samed samora --docs-block fewshot-acdc   # the secondary
     python benchmarks/fewshot.py --ks 1 --draws 1 --test-count 4 --epochs-scale 0.05   # a smoke run
     python benchmarks/fewshot.py --world --arms world --docs-block world-hippocampus     # the miniature world
+    python benchmarks/fewshot.py --world --arms --ablations 3 --ablation-epochs 30    # its Table 4/5 only
 
 With --world the arms are recipes/world/<dataset>_<arm>.toml: mini-SAM with its decoder loaded (SAMed's
 re-initialisation rule), the world's stage-1 experts, built first by `python -m benchmarks.world.build`;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import statistics
@@ -72,24 +74,34 @@ CURVE_POINTS = 10  # validations per run: every tenth of its epochs
 CURVE_ARMS = ("samed", "samora", "samed_short", "decoder_only_short")  # drawn when they ran
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
-ABLATIONS = {  # label -> (recipe arm, overrides): Table 4 and 5 at one k
-    "samora fuser sum": ("samora", ['fuser={ name = "sum" }']),
-    "samora fuser lac": ("samora", ['fuser={ name = "lac" }']),
-    "samora fuser mole": ("samora", ['fuser={ name = "mole" }']),
-    "samora fuser lorahub": ("samora", ['fuser={ name = "lorahub" }']),
-    "samora order 1-2-1": ("samora", ['fuser.order=["pixel", "image", "patch"]']),
-    "samora order 1-1-2": ("samora", ['fuser.order=["patch", "image", "pixel"]']),
-    "samora image expert only": ("samora", ['backbone.experts.names=["image"]', 'fuser={ name = "sum" }']),
-    "samora patch expert only": ("samora", ['backbone.experts.names=["patch"]', 'fuser={ name = "sum" }']),
-    "samora pixel expert only": ("samora", ['backbone.experts.names=["pixel"]', 'fuser={ name = "sum" }']),
+SUM = 'fuser={ name = "sum" }'  # one expert alone: its delta, nothing to fuse
+TABLE4 = {  # label -> overrides on the SAMora arm: other fusers, other fusion orders ("2-1-1" is the recipes')
+    "fuser sum": [SUM],
+    "fuser lac": ['fuser={ name = "lac" }'],
+    "fuser mole": ['fuser={ name = "mole" }'],
+    "fuser lorahub": ['fuser={ name = "lorahub" }'],
+    "order 1-2-1": ['fuser.order=["pixel", "image", "patch"]'],
+    "order 1-1-2": ['fuser.order=["patch", "image", "pixel"]'],
 }
+ABLATION_REFERENCE = "samora (HL-Attn, order 2-1-1)"
+STAGE1_VARIANTS = {"T-S w/ CPT": "", "T-S w/o CPT": "_no_cpt", "scratch": "_scratch"}  # the world's stage 1
+ABLATION_COMPARISONS = [  # (row, against) beyond each Table 4 row against the reference
+    ("image expert only, T-S w/ CPT", "image expert only, T-S w/o CPT"),
+    ("image expert only, T-S w/o CPT", "image expert only, scratch"),
+    ("patch expert only, T-S w/ CPT", "patch expert only, T-S w/o CPT"),
+    ("patch expert only, T-S w/o CPT", "patch expert only, scratch"),
+    ("patch expert only, T-S w/ CPT", "image expert only, T-S w/ CPT"),
+    ("patch expert only, scratch", "image expert only, scratch"),
+    ("patch expert only, T-S w/ CPT", "pixel expert only, scratch"),
+    ("patch expert only, scratch", "pixel expert only, scratch"),
+]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="hippocampus")
-    p.add_argument("--arms", nargs="+", choices=[*ARMS, "world"], default=DEFAULT_ARMS,
-                   help="arm names; `world`: every arm of the miniature world")
+    p.add_argument("--arms", nargs="*", choices=[*ARMS, "world"], default=DEFAULT_ARMS,
+                   help="arm names; `world`: every arm of the miniature world; none: only --ablations")
     p.add_argument("--world", action="store_true", help="the miniature world's recipes (recipes/world/)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
@@ -97,10 +109,13 @@ def main() -> None:
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every run's epochs")
     p.add_argument("--ablations", type=int, metavar="K", help="also run the Table 4/5 ablations at this k")
     p.add_argument("--ablation-draws", type=int, help="draws per ablation (default: --draws)")
+    p.add_argument("--ablation-epochs", type=int, help="every ablation row's epochs (default: the SAMora recipe's)")
     p.add_argument("--runs", type=Path, help="default: runs/fewshot (hippocampus), runs/fewshot-<dataset>")
     p.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     p.add_argument("--docs-block", default="fewshot", help="write between <!-- NAME:start/end --> (default fewshot)")
     args = p.parse_args()
+    if not args.arms and not args.ablations:
+        p.error("--arms names no arm and there is no --ablations: nothing to run")
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
     args.arms = WORLD_ARMS if args.arms == ["world"] else args.arms
     args.recipes = "world" if args.world else "fewshot"
@@ -112,25 +127,48 @@ def main() -> None:
         sys.exit(f"no recipe {', '.join(missing)}: --arms for {args.dataset} use recipes "
                  f"{', '.join(_available(args))}")
 
-    one_off = _one_off_stages(list(recipes.values()), args.world)
+    rows = ablations(args) if args.ablations else {}
+    one_off = _one_off_stages([(recipes[arm], ARMS[arm][1]) for arm in args.arms]
+                              + [(_recipe(args, "samora"), extra) for extra in rows.values()], args.world)
     results: dict[tuple[str, int], list[dict]] = {}
     for k in args.ks:
         for draw in range(args.draws):
             for arm in args.arms:
                 recipe_arm, extra = ARMS[arm]
                 results.setdefault((arm, k), []).append(_run_arm(recipes[arm], arm, k, draw, extra, args))
-    if args.ablations:
-        for label, (recipe_arm, extra) in ABLATIONS.items():
-            folder = label.replace(" ", "_").replace("'", "").replace(",", "")
-            for draw in range(args.ablation_draws or args.draws):
-                results.setdefault((label, args.ablations), []).append(
-                    _run_arm(_recipe(args, recipe_arm), folder, args.ablations, draw, extra, args))
-    table = "\n".join([_markdown(results, command, args), _comparisons(results), _one_off_table(one_off)])
+    for draw in range(args.ablation_draws or args.draws):  # draw by draw: an interrupted set stays paired
+        for label, extra in rows.items():
+            results.setdefault((label, args.ablations), []).append(
+                _run_arm(_recipe(args, "samora"), _ablation_folder(label, args), args.ablations, draw, extra, args))
+    pairs = COMPARISONS + [(label, ABLATION_REFERENCE) for label in TABLE4] + ABLATION_COMPARISONS
+    table = "\n".join([_markdown(results, command, args), _comparisons(results, pairs), _one_off_table(one_off)])
     if args.world:
         table += "\n" + _curves(args)
     print(table)
     if not args.no_docs:
         write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, table)
+
+
+def ablations(args) -> dict[str, list[str]]:
+    """The Table 4/5 rows, label -> overrides on the SAMora arm, each at --ablation-epochs when given.
+    Table 5 trains one expert alone; outside the world stage 1 is teacher-free, so it has only the scratch
+    rows there, while in the world each teacher-taught expert also comes from stage 1 without and with CPT
+    (recipes/world/stage1_<dataset>{,_no_cpt,_scratch}.toml)."""
+    epochs = [f"train.epochs={args.ablation_epochs}"] if args.ablation_epochs else []
+    rows = {ABLATION_REFERENCE: [], **TABLE4}
+    variants = STAGE1_VARIANTS if args.world else {"scratch": ""}
+    for expert in ("image", "patch"):
+        for name, suffix in variants.items():
+            stage1 = REPO / "recipes" / "world" / f"stage1_{args.dataset}{suffix}.toml"
+            rows[f"{expert} expert only, {name}"] = [f'backbone.experts.names=["{expert}"]', SUM,
+                                                     *([f"pretrain.recipe={stage1}"] if suffix else [])]
+    rows["pixel expert only, scratch"] = ['backbone.experts.names=["pixel"]', SUM]
+    return {label: [*extra, *epochs] for label, extra in rows.items()}
+
+
+def _ablation_folder(label: str, args) -> str:
+    name = re.sub(r"[^A-Za-z0-9-]+", "_", label).strip("_")  # "image expert only, T-S w/ CPT" -> image_expert_only_T-S_w_CPT
+    return f"ablation{f'-e{args.ablation_epochs}' if args.ablation_epochs else ''}-{name}"
 
 
 def _recipe(args, recipe_arm: str) -> str:
@@ -160,14 +198,15 @@ def validation_overrides(recipe, k: int, draw: int, epochs: int) -> list[str]:
     return [f"data.val.cases={json.dumps(cases)}", f"validation.every={max(1, epochs // CURVE_POINTS)}"]
 
 
-def _one_off_stages(arm_recipes: list[str], world: bool) -> dict[str, str]:
-    """Train (or reuse) the base encoders and stage-1 experts the arms build on, each timed on its own.
+def _one_off_stages(arm_recipes: list[tuple[str, list[str]]], world: bool) -> dict[str, str]:
+    """Train (or reuse) the base encoders and stage-1 experts the arms (recipe, overrides) build on, each
+    timed on its own.
     Returns stage recipe -> its wall seconds as text ("reused" when it was finished before timing).
     The world's base is mini-SAM (`python -m benchmarks.world.build` times it); U-Net has no base."""
     registry = default_registry()
     stages: list[str] = []
-    for path in dict.fromkeys(arm_recipes):
-        recipe = load_recipe(REPO / path, registry)
+    for path, extra in arm_recipes:
+        recipe = load_recipe(REPO / path, registry, extra)
         if not world and recipe.backbone.name in BASES:
             stages.append(BASES[recipe.backbone.name])
         if recipe.pretrain is not None:
@@ -253,7 +292,7 @@ def _markdown(results: dict, command: str, args) -> str:
     return "\n".join(lines)
 
 
-def _comparisons(results: dict) -> str:
+def _comparisons(results: dict, pairs: list[tuple[str, str]]) -> str:
     lines = ["**Paired comparisons**: per draw, arm minus baseline on the same support subjects and decoder "
              "initialisation; mean over draws with its 95 % t-interval. An interval that holds 0 shows no "
              "difference at this number of draws. ⚠: a run of either arm predicted a test structure empty "
@@ -262,7 +301,7 @@ def _comparisons(results: dict) -> str:
         lines += [f"*{policy} policy*", "",
                   f"| comparison | k | draws | Δ mean Dice % [95 % CI] | Δ mean HD95 {unit} [95 % CI] | empty |",
                   "|---|---|---|---|---|---|"]
-        for arm, against in COMPARISONS:
+        for arm, against in pairs:
             for (name, k), runs in results.items():
                 if name != arm or (against, k) not in results:
                     continue

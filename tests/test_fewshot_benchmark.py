@@ -124,3 +124,24 @@ def test_validation_subjects_are_support_pool_subjects_outside_the_draw_and_neve
     assert not subjects & set(split["test"])
     checked = load_recipe(REPO / fewshot._recipe(where, "samed"), default_registry(), overrides)
     assert checked.data.val.cases == cases
+
+
+def test_the_worlds_table5_rows_keep_one_expert_taught_as_their_label_says(fewshot):
+    where = SimpleNamespace(world=True, recipes="world", dataset="hippocampus", ablation_epochs=30)
+    registry = default_registry()
+    rows = fewshot.ablations(where)
+    assert set(fewshot.TABLE4) | {fewshot.ABLATION_REFERENCE} < set(rows)
+    expected_teacher = {"T-S w/ CPT": True, "T-S w/o CPT": False, "scratch": None}  # cpt, None: no teacher
+    for label, extra in rows.items():
+        recipe = load_recipe(REPO / fewshot._recipe(where, "samora"), registry, extra)
+        assert recipe.train.epochs == 30
+        if " expert only, " not in label:
+            assert recipe.backbone.experts.names == ["image", "patch", "pixel"], label
+            continue
+        expert, how = label.split(" expert only, ")
+        assert recipe.backbone.experts.names == [expert] and recipe.fuser.name == "sum", label
+        stage1 = load_recipe(recipe.pretrain.recipe, registry)
+        teacher = next(e for e in stage1.experts if e.name == expert).teacher
+        assert (None if teacher is None else teacher.cpt) == (None if expert == "pixel" else expected_teacher[how]), label
+    folders = {fewshot._ablation_folder(label, where) for label in rows}
+    assert len(folders) == len(rows)  # every row its own runs
