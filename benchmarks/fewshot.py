@@ -67,11 +67,11 @@ DEFAULT_ARMS = ["samed", "samora", "decoder_only", "decoder_only_short"]
 WORLD_ARMS = ["samed", "samed_short", "samora", "samora_full", "decoder_only", "decoder_only_short", "unet"]
 COMPARISONS = [  # (arm, against): reported when both ran
     ("samora", "samed"), ("samora", "samed_short"), ("samora", "decoder_only_short"),
-    ("samora_full", "samed"), ("samed", "decoder_only"), ("samed", "unet"), ("samora", "unet"),
+    ("samora_full", "samed"), ("samora_full", "decoder_only"), ("samed", "decoder_only"), ("samed", "unet"), ("samora", "unet"),
     ("h_samora", "h_sam"), ("samora2", "samed2")]
 VALIDATION_SUBJECTS = 4  # per draw: the first support-pool subjects (sorted) outside its support set
 CURVE_POINTS = 10  # validations per run: every tenth of its epochs
-CURVE_ARMS = ("samed", "samora", "samed_short", "decoder_only_short")  # drawn when they ran
+CURVE_ARMS = ("samed", "samora_full", "samora", "samed_short", "decoder_only_short")  # drawn when they ran
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
 SUM = 'fuser={ name = "sum" }'  # one expert alone: its delta, nothing to fuse
@@ -85,7 +85,7 @@ TABLE4 = {  # label -> overrides on the SAMora arm: other fusers, other fusion o
 }
 ABLATION_REFERENCE = "samora (HL-Attn, order 2-1-1)"
 STAGE1_VARIANTS = {"T-S w/ CPT": "", "T-S w/o CPT": "_no_cpt", "scratch": "_scratch"}  # the world's stage 1
-ABLATION_COMPARISONS = [  # (row, against) beyond each Table 4 row against the reference
+ABLATION_COMPARISONS = [  # (row, against) beyond the rows on the arm's own stage 1 against the reference
     ("image expert only, T-S w/ CPT", "image expert only, T-S w/o CPT"),
     ("image expert only, T-S w/o CPT", "image expert only, scratch"),
     ("patch expert only, T-S w/ CPT", "patch expert only, T-S w/o CPT"),
@@ -140,7 +140,9 @@ def main() -> None:
         for label, extra in rows.items():
             results.setdefault((label, args.ablations), []).append(
                 _run_arm(_recipe(args, "samora"), _ablation_folder(label, args), args.ablations, draw, extra, args))
-    pairs = COMPARISONS + [(label, ABLATION_REFERENCE) for label in TABLE4] + ABLATION_COMPARISONS
+    same_stage1 = [label for label, extra in rows.items()  # against SAMora: the rows on the arm's own stage 1
+                   if label != ABLATION_REFERENCE and not any(e.startswith("pretrain.recipe=") for e in extra)]
+    pairs = COMPARISONS + [(label, ABLATION_REFERENCE) for label in same_stage1] + ABLATION_COMPARISONS
     table = "\n".join([_markdown(results, command, args), _comparisons(results, pairs), _one_off_table(one_off)])
     if args.world:
         table += "\n" + _curves(args)
