@@ -51,11 +51,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def flops_of(fn) -> float:
-    """FLOPs of one call of `fn` (torch's FlopCounterMode; the call also warms up)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def flop_counter():
+    """torch's FlopCounterMode, plus the CPU's fused attention kernel, which torch leaves uncounted (an
+    attention that takes it would add 0 FLOPs). Its formulas are those torch registers for the CUDA kernels:
+    the forward equals the explicit q.k, softmax, p.v; the backward counts the gradients of q, k and v and the
+    recomputed logits, whichever of them autograd needs."""
+    from torch.utils import flop_counter as fc
 
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
+def flops_of(fn) -> float:
+    """FLOPs of one call of `fn` (`flop_counter`; the call also warms up)."""
+    with flop_counter() as counter:
         fn()
     return float(sum(counter.get_flop_counts().get("Global", {}).values()))
 
@@ -106,8 +124,31 @@ def measure_each(script: str, recipes: list[Path]) -> None:
             sys.exit(f"{script} {recipe} failed:\n{done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1].removeprefix("result ")))
     for recipe, row in zip(recipes[1:], rows[1:]):
-        ratios = ", ".join(f"{row[k] / rows[0][k]:.2f}x {k}" for k in rows[0] if rows[0][k])
+        ratios = ", ".join(f"{row[k] / rows[0][k]:.2f}x {k}" for k in rows[0]
+                           if isinstance(rows[0][k], float) and rows[0][k])
         print(f"{recipe} / {recipes[0]}: {ratios}")
+        if "op_ms" in row and "op_ms" in rows[0]:
+            print_op_excess(row["op_ms"], rows[0]["op_ms"], f"{recipe.stem} - {recipes[0].stem}")
+
+
+def op_milliseconds(fn, calls: int) -> dict[str, float]:
+    """Each op's own (self) CPU milliseconds per call of `fn`, over `calls` profiled calls."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(calls):
+            fn()
+    return {e.key: e.self_cpu_time_total / 1e3 / calls for e in prof.key_averages() if e.self_cpu_time_total > 0}
+
+
+def print_op_excess(ops: dict[str, float], base: dict[str, float], title: str, rows: int = 15) -> None:
+    """The ops whose own time grew most between two profiles, in ms per call (a markdown table)."""
+    excess = {op: ops.get(op, 0.0) - base.get(op, 0.0) for op in ops.keys() | base.keys()}
+    print(f"\n| op | {title.split(' - ')[1]} ms | {title.split(' - ')[0]} ms | excess ms |\n|---|---|---|---|")
+    for op in sorted(excess, key=excess.get, reverse=True)[:rows]:
+        print(f"| {op} | {base.get(op, 0.0):.1f} | {ops.get(op, 0.0):.1f} | {excess[op]:+.1f} |")
+    total, base_total = sum(ops.values()), sum(base.values())
+    print(f"| all ops | {base_total:.1f} | {total:.1f} | {total - base_total:+.1f} |")
 
 
 def write_doc_block(path: Path, block: str, text: str) -> None:

@@ -11,9 +11,8 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from common import benchmark_parser, measure_each, model_from_recipe, peak_memory_mib, report, synchronize
+from common import benchmark_parser, flop_counter, measure_each, model_from_recipe, peak_memory_mib, report, synchronize
 
 from samora_kit.devices import inference_dtype
 from samora_kit.eval.inference import predict_volume
@@ -39,7 +38,7 @@ def main() -> None:
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
     batch = args.batch or recipe.eval.batch_size
     precision = inference_dtype(args.precision, device)
-    with FlopCounterMode(display=False) as counter:  # one forward of `batch` slices, also the warm-up
+    with flop_counter() as counter:  # one forward of `batch` slices, also the warm-up
         predict_volume(model, volume[:batch], batch, device, precision)
     slice_gflop = sum(counter.get_flop_counts().get("Global", {}).values()) / batch / 1e9
     synchronize(device)

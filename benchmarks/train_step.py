@@ -4,13 +4,15 @@ model with random weights.
     python benchmarks/train_step.py recipes/samed.toml --device cpu --batch 4 --steps 5
     python benchmarks/train_step.py recipes/samed.toml recipes/samora.toml --device cpu --batch 2   # + ratio
     python benchmarks/train_step.py recipes/samed.toml --device cuda --batch 32 --compile          # run.compile
+    python benchmarks/train_step.py recipes/samed.toml recipes/samora.toml --device cpu --batch 2 --profile 2
+        # + where the time goes: the ops' own time per step, and each op's excess over the first recipe
 """
 
 from __future__ import annotations
 
 import torch
 
-from common import benchmark_parser, flops_of, measure_each, model_from_recipe, peak_memory_mib, report, seconds_per_call
+from common import benchmark_parser, flops_of, measure_each, op_milliseconds, model_from_recipe, peak_memory_mib, report, seconds_per_call
 
 from samora_kit.train.losses import DiceCELoss
 from samora_kit.train.optim import build_optimizer
@@ -22,6 +24,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile STEPS more steps and report each op's own time per step")
     p.add_argument("--compile", action="store_true", help="torch.compile the model, as run.compile = true does "
                    "(the warm-up steps include the compilation)")
     args = p.parse_args()
@@ -65,8 +69,11 @@ def main() -> None:
           f"{args.steps} timed steps")
     print(f"step {seconds * 1000:.1f} ms  |  {batch / seconds:.2f} images/s  |  "
           f"{memory_name} {memory:.0f} MiB  |  {step_flops / seconds / 1e12:.2f} TFLOP/s achieved (whole step)")
-    report({"step_ms": seconds * 1000, "memory_mib": memory, "step_gflop": step_flops / 1e9,
-            "tflops": step_flops / seconds / 1e12})
+    result = {"step_ms": seconds * 1000, "memory_mib": memory, "step_gflop": step_flops / 1e9,
+              "tflops": step_flops / seconds / 1e12}
+    if args.profile:
+        result["op_ms"] = op_milliseconds(step, args.profile)
+    report(result)
 
 
 if __name__ == "__main__":
