@@ -134,8 +134,7 @@ def main() -> None:
     for k in args.ks:
         for draw in range(args.draws):
             for arm in args.arms:
-                recipe_arm, extra = ARMS[arm]
-                results.setdefault((arm, k), []).append(_run_arm(recipes[arm], arm, k, draw, extra, args))
+                results.setdefault((arm, k), []).append(_run_arm(recipes[arm], arm, k, draw, ARMS[arm][1], args))
     for draw in range(args.ablation_draws or args.draws):  # draw by draw: an interrupted set stays paired
         for label, extra in rows.items():
             results.setdefault((label, args.ablations), []).append(
