@@ -128,7 +128,7 @@ def measure_each(script: str, recipes: list[Path]) -> None:
                            if isinstance(rows[0][k], float) and rows[0][k])
         print(f"{recipe} / {recipes[0]}: {ratios}")
         if "op_ms" in row and "op_ms" in rows[0]:
-            print_op_excess(row["op_ms"], rows[0]["op_ms"], f"{recipe.stem} - {recipes[0].stem}")
+            print_op_excess(row["op_ms"], rows[0]["op_ms"], recipe.stem, recipes[0].stem)
 
 
 def op_milliseconds(fn, calls: int) -> dict[str, float]:
@@ -141,10 +141,10 @@ def op_milliseconds(fn, calls: int) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / 1e3 / calls for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
-def print_op_excess(ops: dict[str, float], base: dict[str, float], title: str, rows: int = 15) -> None:
-    """The ops whose own time grew most between two profiles, in ms per call (a markdown table)."""
+def print_op_excess(ops: dict[str, float], base: dict[str, float], name: str, base_name: str, rows: int = 15) -> None:
+    """The ops whose own time grew most from `base` to `ops`, in ms per call (a markdown table)."""
     excess = {op: ops.get(op, 0.0) - base.get(op, 0.0) for op in ops.keys() | base.keys()}
-    print(f"\n| op | {title.split(' - ')[1]} ms | {title.split(' - ')[0]} ms | excess ms |\n|---|---|---|---|")
+    print(f"\n| op | {base_name} ms | {name} ms | excess ms |\n|---|---|---|---|")
     for op in sorted(excess, key=excess.get, reverse=True)[:rows]:
         print(f"| {op} | {base.get(op, 0.0):.1f} | {ops.get(op, 0.0):.1f} | {excess[op]:+.1f} |")
     total, base_total = sum(ops.values()), sum(base.values())
