@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from common import benchmark_parser, flops_of, measure_each, op_milliseconds, model_from_recipe, peak_memory_mib, report, seconds_per_call
+from common import (benchmark_parser, flops_of, measure_each, model_from_recipe, op_milliseconds, peak_memory_mib, report,
+                    seconds_per_call)
 
 from samora_kit.train.losses import DiceCELoss
 from samora_kit.train.optim import build_optimizer
@@ -25,7 +26,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="after timing, profile STEPS more steps and report each op's own time per step")
+                   help="after timing, profile STEPS more steps and report each op's own CPU time per step "
+                        "(on a GPU that is launch time, not kernel time)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model, as run.compile = true does "
                    "(the warm-up steps include the compilation)")
     args = p.parse_args()

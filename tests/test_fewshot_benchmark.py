@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -18,19 +17,14 @@ from samora_kit.train.model import build_model
 from samora_kit_plugins.lora.checkpoints import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 
-from .conftest import shared_dataset
+from .conftest import benchmark_module, shared_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def fewshot():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import fewshot
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return fewshot
+    return benchmark_module("fewshot")
 
 
 @pytest.fixture(scope="module")
