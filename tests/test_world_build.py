@@ -91,9 +91,14 @@ def test_stage1_is_pointed_at_the_worlds_files(target, tmp_path):
 
 
 def test_the_docs_table_gives_each_stage_with_its_figures(world):
-    _, record = world
-    table = build.world_table(record, "python -m benchmarks.world.build")
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "stage" not in line]
-    assert [row.split(" | ")[0][2:] for row in rows] == ["source_mae", "mini_sam", "teachers"]
-    box = record["stages"]["mini_sam"]["held_out_after"]["scenes"]["box_miou"]
+    root, record = world
+    table = build.world_table(record, "python -m benchmarks.world.build", root)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| stage |")]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["source_mae", "mini_sam", "teachers", "**all stages**"]
+    stages = record["stages"]
+    box = stages["mini_sam"]["held_out_after"]["scenes"]["box_miou"]
     assert f"scenes {box:.3f}" in table and "simclrv2: loss" in table and "mae: loss" in table
+    assert f"`{root / build.RECORD}` holds every figure" in table  # the record of this root, not the default
+    for digest in (stages["mini_sam"]["sha256"], stages["teachers"]["mae"]["sha256"]):
+        assert digest[:12] in table  # so two builds of the world can be compared
+    assert f"**{sum(s['wall_s'] for s in stages.values()):.0f}**" in rows[-1]

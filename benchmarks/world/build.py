@@ -165,21 +165,34 @@ def build_world(root: Path, scale: Scale, targets: list[str], device: str = "aut
 
         def stage1(folder: Path, recipe=recipe, overrides=overrides) -> dict:
             run(recipe, overrides, False, ["benchmarks/world/build.py", str(recipe)])
-            return {"experts": sorted(p.name for p in (folder / "experts").glob("*.safetensors"))}
+            experts = sorted((folder / "experts").glob("*.safetensors"))
+            return {"experts": [p.name for p in experts], "expert_sha256": {p.stem: sha256_of(p) for p in experts}}
 
         world.stage(f"stage1_{target}", recipe_inputs(recipe, overrides, **files), stage1)
     world.save()
     return world.record
 
 
-def world_table(record: dict, command: str) -> str:
-    """world.json as the markdown docs/benchmarks.md shows: each stage, its wall time and key figures."""
+def world_table(record: dict, command: str, root: Path) -> str:
+    """world.json as the markdown docs/benchmarks.md shows: each stage, its wall time, the sha256 of what it
+    wrote (so two builds can be compared) and its key figures, then the whole build's wall time."""
     stages = record["stages"]
-    lines = [f"Command: `{command}` (scale `{record.get('scale')}`; `runs/world/world.json` holds every figure).", "",
-             "| stage | wall s when built | what it gives |", "|---|---|---|"]
+    where = root.relative_to(REPO) if root.is_relative_to(REPO) else root
+    lines = [f"Command: `{command}` (scale `{record.get('scale')}`; `{where / RECORD}` holds every figure).", "",
+             "| stage | wall s when built | sha256 of what it wrote (first 12) | what it gives |", "|---|---|---|---|"]
     for name, stage in stages.items():
-        lines.append(f"| {name} | {stage['wall_s']:.0f} | {_figures(name, stage)} |")
+        lines.append(f"| {name} | {stage['wall_s']:.0f} | {_digests(stage)} | {_figures(name, stage)} |")
+    total = sum(stage["wall_s"] for stage in stages.values())
+    lines.append(f"| **all stages** | **{total:.0f}** ({total / 60:.0f} min) | | |")
     return "\n".join(lines) + "\n"
+
+
+def _digests(stage: dict) -> str:
+    if "sha256" in stage:
+        return stage["sha256"][:12]
+    named = stage.get("expert_sha256") or {key: t["sha256"] for key, t in stage.items()
+                                           if isinstance(t, dict) and "sha256" in t}
+    return ", ".join(f"{name} {digest[:12]}" for name, digest in named.items()) or "not recorded"
 
 
 def _figures(name: str, stage: dict) -> str:
@@ -213,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def build() -> None:
         record = build_world(args.root.resolve(), SCALES[args.scale], args.targets, args.device, args.scale)
-        table = world_table(record, shlex.join(["python", "-m", "benchmarks.world.build", *(argv or sys.argv[1:])]))
+        table = world_table(record, shlex.join(["python", "-m", "benchmarks.world.build", *(argv or sys.argv[1:])]),
+                            args.root.resolve())
         print(table)
         if args.docs_block:
             write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, table)
