@@ -209,7 +209,7 @@ def _figures(name: str, stage: dict) -> str:
                          for key, t in stage.items() if isinstance(t, dict) and "final_loss" in t)
     if name.startswith("stage1_"):
         return "experts " + ", ".join(stage["experts"])
-    return f"base encoder sha256 {stage['sha256'][:12]}…"
+    return "the tiny SAM encoder, MAE-pre-trained on the source images"
 
 
 def main(argv: list[str] | None = None) -> int:
