@@ -177,14 +177,18 @@ def world_table(record: dict, command: str, root: Path) -> str:
     """world.json as the markdown docs/benchmarks.md shows: each stage, its wall time, the sha256 of what it
     wrote (so two builds can be compared) and its key figures, then the whole build's wall time."""
     stages = record["stages"]
-    where = root.relative_to(REPO) if root.is_relative_to(REPO) else root
-    lines = [f"Command: `{command}` (scale `{record.get('scale')}`; `{where / RECORD}` holds every figure).", "",
+    lines = [f"Command: `{command}` (scale `{record.get('scale')}`; `{shown(root / RECORD)}` holds every figure).", "",
              "| stage | wall s when built | sha256 of what it wrote (first 12) | what it gives |", "|---|---|---|---|"]
     for name, stage in stages.items():
         lines.append(f"| {name} | {stage['wall_s']:.0f} | {_digests(stage)} | {_figures(name, stage)} |")
     total = sum(stage["wall_s"] for stage in stages.values())
     lines.append(f"| **all stages** | **{total:.0f}** ({total / 60:.0f} min) | | |")
     return "\n".join(lines) + "\n"
+
+
+def shown(path: Path) -> str:
+    """`path` as the docs give it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 def _digests(stage: dict) -> str:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from samora_kit.errors import SamoraError
 
 from benchmarks.common import write_doc_block
-from benchmarks.world.build import RECORD, REPO
+from benchmarks.world.build import RECORD, REPO, shown
 from benchmarks.world.cli import exit_code
 
 
@@ -78,13 +78,9 @@ def compare_table(first: Path, second: Path) -> str:
     for name in names:
         largest, relative = weight_distance(first / name, second / name)
         lines.append(f"| {name} | {largest:.2e} | {relative:.2e} |")
-    lines += ["", f"| figure | {_shown(first)} | {_shown(second)} |", "|---|---|---|"]
+    lines += ["", f"| figure | {shown(first)} | {shown(second)} |", "|---|---|---|"]
     lines += [f"| {key} | {figures_a[key]:.3f} | {figures_b[key]:.3f} |" for key in figures_a if key in figures_b]
     return "\n".join(lines) + "\n"
-
-
-def _shown(root: Path) -> str:
-    return str(root.relative_to(REPO)) if root.is_relative_to(REPO) else str(root)
 
 
 def main(argv: list[str] | None = None) -> int:
