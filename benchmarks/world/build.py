@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -36,9 +35,8 @@ from samora_kit.recipe import load_recipe
 from samora_kit.runner import run
 from samora_kit.weights.io import atomic_write_text, sha256_of
 
-from benchmarks.common import write_doc_block
 from benchmarks.world import mini_sam, teachers
-from benchmarks.world.cli import exit_code
+from benchmarks.world.cli import command_line, exit_code, print_and_document
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "world"
@@ -230,11 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def build() -> None:
         record = build_world(args.root.resolve(), SCALES[args.scale], args.targets, args.device, args.scale)
-        table = world_table(record, shlex.join(["python", "-m", "benchmarks.world.build", *(argv or sys.argv[1:])]),
-                            args.root.resolve())
-        print(table)
-        if args.docs_block:
-            write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, table)
+        print_and_document(world_table(record, command_line("benchmarks.world.build", argv), args.root.resolve()),
+                           args.docs_block)
 
     return exit_code(build)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from samora_kit.errors import SamoraError
+
+from benchmarks.common import REPO, write_doc_block
 
 S = TypeVar("S")
 
@@ -42,3 +45,15 @@ def exit_code(work: Callable[[], None]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How the docs give this run: `python -m MODULE` with the arguments it was given."""
+    return shlex.join(["python", "-m", module, *(argv or sys.argv[1:])])
+
+
+def print_and_document(text: str, docs_block: str | None) -> None:
+    """Print `text`, and put it between <!-- DOCS_BLOCK:start/end --> of docs/benchmarks.md when one is named."""
+    print(text)
+    if docs_block:
+        write_doc_block(REPO / "docs" / "benchmarks.md", docs_block, text)

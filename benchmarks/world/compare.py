@@ -8,8 +8,6 @@ agree to float rounding at best, not bit for bit; this says how close they are.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -18,9 +16,8 @@ from safetensors.torch import load_file
 
 from samora_kit.errors import SamoraError
 
-from benchmarks.common import write_doc_block
-from benchmarks.world.build import RECORD, REPO, shown
-from benchmarks.world.cli import exit_code
+from benchmarks.world.build import World, shown
+from benchmarks.world.cli import command_line, exit_code, print_and_document
 
 
 def weight_files(root: Path) -> list[str]:
@@ -60,17 +57,17 @@ def recorded_figures(stages: dict) -> dict[str, float]:
     return figures
 
 
-def _record(root: Path) -> dict:
-    path = root / RECORD
-    if not path.is_file():
-        raise SamoraError(f"{path} does not exist: build that world first (python -m benchmarks.world.build "
+def _stages(root: Path) -> dict:
+    world = World(root)
+    if not world.path.is_file():
+        raise SamoraError(f"{world.path} does not exist: build that world first (python -m benchmarks.world.build "
                           f"--root {root})")
-    return json.loads(path.read_text())["stages"]
+    return world.record["stages"]
 
 
 def compare_table(first: Path, second: Path) -> str:
     """The markdown comparison of the worlds at `first` and `second`."""
-    figures_a, figures_b = recorded_figures(_record(first)), recorded_figures(_record(second))
+    figures_a, figures_b = recorded_figures(_stages(first)), recorded_figures(_stages(second))
     names = [name for name in weight_files(first) if (second / name).is_file()]
     if not names:
         raise SamoraError(f"{first} and {second} have no weight file in common")
@@ -93,11 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def compare() -> None:
         first, second = args.first.resolve(), args.second.resolve()
-        command = shlex.join(["python", "-m", "benchmarks.world.compare", *(argv or sys.argv[1:])])
-        text = f"Command: `{command}`.\n\n" + compare_table(first, second)
-        print(text)
-        if args.docs_block:
-            write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, text)
+        command = command_line("benchmarks.world.compare", argv)
+        print_and_document(f"Command: `{command}`.\n\n" + compare_table(first, second), args.docs_block)
 
     return exit_code(compare)
 
