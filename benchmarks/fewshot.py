@@ -9,10 +9,13 @@ augmentation and evaluation. The SAMora arms fine-tune for 10 % of their baselin
     python benchmarks/fewshot.py --ks 1 --draws 1 --test-count 4 --epochs-scale 0.05   # a smoke run
     python benchmarks/fewshot.py --world --arms world --docs-block world-hippocampus     # the miniature world
     python benchmarks/fewshot.py --world --arms --ablations 3 --ablation-epochs 30    # its Table 4/5 only
+    python benchmarks/fewshot.py --world-root runs/world-rebuild --arms samed samora --ks 5   # another build
 
 With --world the arms are recipes/world/<dataset>_<arm>.toml: mini-SAM with its decoder loaded (SAMed's
 re-initialisation rule), the world's stage-1 experts, built first by `python -m benchmarks.world.build`;
-their runs go to runs/world/fewshot-<dataset>. Every run then also scores validation subjects during
+their runs go to runs/world/fewshot-<dataset>. --world-root ROOT takes mini-SAM and the stage-1 experts of
+another build (`python -m benchmarks.world.build --root ROOT`) instead, its runs in ROOT/fewshot-<dataset>,
+each draw with the same support set and seed as in the first build. Every run then also scores validation subjects during
 training (the support pool's subjects outside the draw's support set, never a test subject) for the
 learning curves that `samora-kit plot curves` draws into docs/figures/.
 
@@ -44,6 +47,9 @@ from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
 from samora_kit.flows.common import run_dir_of
 from samora_kit.runner import run
+from samora_kit.train.runfolder import RECIPE_FILE
+
+from benchmarks.world.mini_sam import SAFETENSORS as MINI_SAM
 
 DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
 DECODER_ONLY = ["backbone.lora.blocks=[]"]  # no LoRA, no experts: the frozen base, only the decoder trains
@@ -72,6 +78,7 @@ COMPARISONS = [  # (arm, against): reported when both ran
 VALIDATION_SUBJECTS = 4  # per draw: the first support-pool subjects (sorted) outside its support set
 CURVE_POINTS = 10  # validations per run: every tenth of its epochs
 CURVE_ARMS = ("samed", "samora_full", "samora", "samed_short", "decoder_only_short")  # drawn when they ran
+WORLD_ROOT = REPO / "runs" / "world"  # the build recipes/world/*.toml name
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
 SUM = 'fuser={ name = "sum" }'  # one expert alone: its delta, nothing to fuse
@@ -103,6 +110,9 @@ def main() -> None:
     p.add_argument("--arms", nargs="*", choices=[*ARMS, "world"], default=DEFAULT_ARMS,
                    help="arm names; `world`: every arm of the miniature world; none: only --ablations")
     p.add_argument("--world", action="store_true", help="the miniature world's recipes (recipes/world/)")
+    p.add_argument("--world-root", type=Path, default=WORLD_ROOT,
+                   help="with --world: the build whose mini-SAM and stage-1 experts the arms use (default "
+                   "runs/world, the one the recipes name)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
@@ -114,27 +124,35 @@ def main() -> None:
     p.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     p.add_argument("--docs-block", default="fewshot", help="write between <!-- NAME:start/end --> (default fewshot)")
     args = p.parse_args()
+    args.world_root = args.world_root.resolve()
+    other_build = args.world_root != WORLD_ROOT
+    args.world = args.world or other_build
     if not args.arms and not args.ablations:
         p.error("--arms names no arm and there is no --ablations: nothing to run")
+    if other_build and args.ablations:
+        p.error(f"--ablations train on stage-1 variants that only {WORLD_ROOT.relative_to(REPO)} builds; "
+                f"drop --ablations or --world-root {args.world_root}")
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
     args.arms = WORLD_ARMS if args.arms == ["world"] else args.arms
     args.recipes = "world" if args.world else "fewshot"
     suffix = "" if args.dataset == "hippocampus" and not args.world else f"-{args.dataset}"
-    args.runs = args.runs or (REPO / "runs" / "world" if args.world else REPO / "runs") / f"fewshot{suffix}"
+    args.runs = args.runs or (args.world_root if args.world else REPO / "runs") / f"fewshot{suffix}"
     recipes = {arm: _recipe(args, ARMS[arm][0]) for arm in args.arms}
     missing = sorted(set(recipes.values()) - set(_available(args)))
     if missing:
         sys.exit(f"no recipe {', '.join(missing)}: --arms for {args.dataset} use recipes "
                  f"{', '.join(_available(args))}")
+    extras = {arm: [*ARMS[arm][1], *(world_build_overrides(args.world_root, args.dataset, recipes[arm])
+                                     if other_build else [])] for arm in args.arms}
 
     rows = ablations(args) if args.ablations else {}
-    one_off = _one_off_stages([(recipes[arm], ARMS[arm][1]) for arm in args.arms]
+    one_off = _one_off_stages([(recipes[arm], extras[arm]) for arm in args.arms]
                               + [(_recipe(args, "samora"), extra) for extra in rows.values()], args.world)
     results: dict[tuple[str, int], list[dict]] = {}
     for k in args.ks:
         for draw in range(args.draws):
             for arm in args.arms:
-                results.setdefault((arm, k), []).append(_run_arm(recipes[arm], arm, k, draw, ARMS[arm][1], args))
+                results.setdefault((arm, k), []).append(_run_arm(recipes[arm], arm, k, draw, extras[arm], args))
     for draw in range(args.ablation_draws or args.draws):  # draw by draw: an interrupted set stays paired
         for label, extra in rows.items():
             results.setdefault((label, args.ablations), []).append(
@@ -165,6 +183,23 @@ def ablations(args) -> dict[str, list[str]]:
                                                      *([f"pretrain.recipe={stage1}"] if suffix else [])]
     rows["pixel expert only, scratch"] = ['backbone.experts.names=["pixel"]', SUM]
     return {label: [*extra, *epochs] for label, extra in rows.items()}
+
+
+def world_build_overrides(root: Path, dataset: str, recipe_path: str) -> list[str]:
+    """What points a world recipe at the build in `root` instead of runs/world: its mini-SAM, and for an
+    arm with [pretrain] the stage-1 run of that build (its resolved recipe names that build's files, so
+    its finished experts are reused). Exits naming the file when that build lacks it."""
+    recipe = load_recipe(REPO / recipe_path, default_registry())
+    needed = {}
+    if getattr(recipe.backbone, "checkpoint", None) is not None:
+        needed["backbone.checkpoint"] = root / "mini_sam" / MINI_SAM
+    if recipe.pretrain is not None:
+        needed["pretrain.recipe"] = root / f"stage1_{dataset}" / RECIPE_FILE
+    absent = [str(path) for path in needed.values() if not path.is_file()]
+    if absent:
+        sys.exit(f"--world-root {root}: no {', '.join(absent)}; build that world first: "
+                 f"python -m benchmarks.world.build --root {root} --targets {dataset}")
+    return [f"{key}={path}" for key, path in needed.items()]
 
 
 def _ablation_folder(label: str, args) -> str:
@@ -334,7 +369,7 @@ def _curves(args) -> str:
         if not groups:
             continue
         folder = args.runs if args.no_docs else REPO / "docs" / "figures"
-        path = folder / f"world-{args.dataset}-k{k}-curves.png"
+        path = folder / f"{args.world_root.name}-{args.dataset}-k{k}-curves.png"  # world-hippocampus-k3-...
         save_curves_plot([group_curve(label, pattern) for label, pattern in groups], path)
         lines.append(f"![validation Dice during training, {args.dataset}, k = {k}]"
                      f"(figures/{path.name})")

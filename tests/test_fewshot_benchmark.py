@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from samora_kit.plugins import default_registry
-from samora_kit.recipe import load_recipe
+from samora_kit.recipe import dump_recipe, load_recipe
 from samora_kit.flows.common import seed_everything
 from samora_kit.train.model import build_model
 from samora_kit_plugins.lora.checkpoints import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
+
+from benchmarks.world.build import SCALES, stage1_overrides
 
 from .conftest import benchmark_module, shared_dataset
 
@@ -139,3 +141,31 @@ def test_the_worlds_table5_rows_keep_one_expert_taught_as_their_label_says(fewsh
         assert (None if teacher is None else teacher.cpt) == (None if expert == "pixel" else expected_teacher[how]), label
     folders = {fewshot._ablation_folder(label, where) for label in rows}
     assert len(folders) == len(rows)  # every row its own runs
+
+
+def test_the_arms_of_another_world_build_read_its_mini_sam_and_its_stage1_experts(fewshot, tmp_path):
+    """--world-root: the SAM arms load that build's mini-SAM, SAMora's experts come from its stage-1 run
+    (the recipe that run saved, naming the build's files), U-Net takes nothing from it; a build without
+    the files is refused, naming them and the command that builds it."""
+    root = tmp_path / "world-b"
+    with pytest.raises(SystemExit, match=r"mini_sam\.safetensors.*benchmarks\.world\.build --root"):
+        fewshot.world_build_overrides(root, "hippocampus", "recipes/world/hippocampus_samed.toml")
+    (root / "mini_sam").mkdir(parents=True)
+    (root / "mini_sam" / "mini_sam.safetensors").write_bytes(b"")
+    registry = default_registry()
+    stage1 = load_recipe(REPO / "recipes" / "world" / "stage1_hippocampus.toml", registry,
+                         stage1_overrides(root, SCALES["cpu"], "hippocampus"))
+    (root / "stage1_hippocampus").mkdir()
+    (root / "stage1_hippocampus" / "recipe.resolved.toml").write_text(dump_recipe(stage1))
+
+    arms = {arm: fewshot.world_build_overrides(root, "hippocampus", f"recipes/world/hippocampus_{arm}.toml")
+            for arm in ("samed", "samora", "unet")}
+    assert arms["unet"] == []
+    samora = load_recipe(REPO / "recipes" / "world" / "hippocampus_samora.toml", registry, arms["samora"])
+    assert samora.backbone.checkpoint == root / "mini_sam" / "mini_sam.safetensors"
+    experts = load_recipe(samora.pretrain.recipe, registry)
+    assert experts.run.output_dir == root / "stage1_hippocampus"
+    assert experts.backbone.checkpoint == samora.backbone.checkpoint
+    assert experts.experts[1].teacher.checkpoint == root / "teachers" / "mae_mini.pth"
+    samed = load_recipe(REPO / "recipes" / "world" / "hippocampus_samed.toml", registry, arms["samed"])
+    assert samed.backbone.checkpoint == samora.backbone.checkpoint and samed.pretrain is None

@@ -53,3 +53,28 @@ def test_weights_holding_different_tensors_are_refused(tmp_path):
     save_file({"other": torch.zeros(1)}, second / "source_mae" / "base.safetensors")
     with pytest.raises(SamoraError, match="hold different tensors"):
         compare.compare_table(first, second)
+
+
+def add_run(root, folder, dice, target="hippocampus"):
+    summary = root / f"fewshot-{target}" / folder / "eval" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"transunet": {"mean": {"dice": dice}}}))
+
+
+def test_fewshot_arms_of_both_builds_are_paired_by_draw(tmp_path):
+    first, second = make_world(tmp_path / "a"), make_world(tmp_path / "b")
+    for draw, (a, b) in enumerate([(0.50, 0.60), (0.40, 0.48), (0.70, 0.82)]):
+        add_run(first, f"samora-k5-d{draw}", a)
+        add_run(second, f"samora-k5-d{draw}", b)
+    add_run(first, "samora-k5-d3", 0.10)  # a draw the second build has not run: left out of the pairing
+    add_run(first, "unet-k5-d0", 0.80)  # an arm only the first build ran: no row
+    add_run(second, "samed-k1-d0", 0.30)
+    table = compare.fewshot_table(first, second)
+    body = [line for line in table.splitlines() if line.startswith("| hippocampus")]
+    assert len(body) == 1
+    cells = [c.strip() for c in body[0].strip("|").split("|")]
+    assert cells[:6] == ["hippocampus", "samora", "5", "3", "53.3", "63.3"]
+    assert cells[6].startswith("+10.0 [")  # differences 10, 8, 12: mean 10, interval ±5.0 (t 4.30 × 2/√3)
+    low, high = (float(x) for x in cells[6].split("[")[1].rstrip("]").split(","))
+    assert low == pytest.approx(5.0, abs=0.06) and high == pytest.approx(15.0, abs=0.06)
+    assert compare.fewshot_table(first, make_world(tmp_path / "c")) == ""  # nothing run in both

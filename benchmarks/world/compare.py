@@ -1,6 +1,8 @@
 """Two builds of the miniature world, side by side: how far apart are the weights each stage wrote, and
 the figures world.json records for them? CPU training reduces in a thread-dependent order, so two builds
-agree to float rounding at best, not bit for bit; this says how close they are.
+agree to float rounding at best, not bit for bit; this says how close they are. Where both builds ran
+few-shot arms (`benchmarks/fewshot.py --world-root`), each arm's Dice on the draws both ran is set side by
+side too, paired by draw (same support set, same seed): how much a rebuild of the world moves the result.
 
     python -m benchmarks.world.compare runs/world runs/world-rebuild --docs-block world-rebuild
 """
@@ -8,6 +10,8 @@ agree to float rounding at best, not bit for bit; this says how close they are.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +20,8 @@ from safetensors.torch import load_file
 
 from samora_kit.errors import SamoraError
 
-from benchmarks.world.build import World, shown
+from benchmarks.common import paired_difference
+from benchmarks.world.build import TARGETS, World, shown
 from benchmarks.world.cli import command_line, exit_code, print_and_document
 
 
@@ -80,6 +85,42 @@ def compare_table(first: Path, second: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+RUN_FOLDER = re.compile(r"(?P<arm>.+)-k(?P<k>\d+)-d(?P<draw>\d+)")  # benchmarks/fewshot.py's ARM-kK-dD
+
+
+def fewshot_dice(root: Path, target: str) -> dict[tuple[str, int], dict[int, float]]:
+    """(arm, k) -> draw -> mean Dice % (transunet policy) of every finished few-shot run of the build at
+    `root` on `target` (ROOT/fewshot-<target>/ARM-kK-dD/eval/summary.json)."""
+    found: dict[tuple[str, int], dict[int, float]] = {}
+    for summary in sorted((root / f"fewshot-{target}").glob("*/eval/summary.json")):
+        match = RUN_FOLDER.fullmatch(summary.parent.parent.name)
+        if match:
+            dice = json.loads(summary.read_text())["transunet"]["mean"]["dice"] * 100
+            found.setdefault((match["arm"], int(match["k"])), {})[int(match["draw"])] = dice
+    return found
+
+
+def fewshot_table(first: Path, second: Path) -> str:
+    """Per target, arm and k: mean Dice in each build over the draws both ran, and the second minus the
+    first paired by draw with its 95 % t-interval; empty when no arm ran in both."""
+    lines = []
+    for target in TARGETS:
+        dice_a, dice_b = fewshot_dice(first, target), fewshot_dice(second, target)
+        for (arm, k), draws_a in dice_a.items():
+            draws = sorted(set(draws_a) & set(dice_b.get((arm, k), {})))
+            if not draws:
+                continue
+            a, b = [draws_a[d] for d in draws], [dice_b[(arm, k)][d] for d in draws]
+            mean, low, high = paired_difference(b, a)
+            lines.append(f"| {target} | {arm} | {k} | {len(draws)} | {sum(a) / len(a):.1f} | {sum(b) / len(b):.1f} | "
+                         f"{mean:+.1f} [{low:+.1f}, {high:+.1f}] |")
+    if not lines:
+        return ""
+    return "\n".join(["", "Few-shot arms run on both builds, paired by draw (mean Dice %, transunet policy):", "",
+                      f"| target | arm | k | draws | {shown(first)} | {shown(second)} | second − first [95 % CI] |",
+                      "|---|---|---|---|---|---|---|", *lines]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("first", type=Path)
@@ -91,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     def compare() -> None:
         first, second = args.first.resolve(), args.second.resolve()
         command = command_line("benchmarks.world.compare", argv)
-        print_and_document(f"Command: `{command}`.\n\n" + compare_table(first, second), args.docs_block)
+        print_and_document(f"Command: `{command}`.\n\n" + compare_table(first, second) + fewshot_table(first, second),
+                           args.docs_block)
 
     return exit_code(compare)
 
