@@ -15,9 +15,9 @@ With --world the arms are recipes/world/<dataset>_<arm>.toml: mini-SAM with its 
 re-initialisation rule), the world's stage-1 experts, built first by `python -m benchmarks.world.build`;
 their runs go to runs/world/fewshot-<dataset>. --world-root ROOT takes mini-SAM and the stage-1 experts of
 another build (`python -m benchmarks.world.build --root ROOT`) instead, its runs in ROOT/fewshot-<dataset>,
-each draw with the same support set and seed as in the first build. Every run then also scores validation subjects during
-training (the support pool's subjects outside the draw's support set, never a test subject) for the
-learning curves that `samora-kit plot curves` draws into docs/figures/.
+each draw with the same support set and seed as in the first build. Every run then also scores validation
+subjects during training (the support pool's subjects outside the draw's support set, never a test subject)
+for the learning curves that `samora-kit plot curves` draws into docs/figures/.
 
 Pairing: every arm of one draw uses the same support subjects and run.seed = 1234 + draw, and the decoder
 is initialised from its own seed (samora_kit.train.model.build_model), so within a draw the arms start
@@ -111,8 +111,8 @@ def main() -> None:
                    help="arm names; `world`: every arm of the miniature world; none: only --ablations")
     p.add_argument("--world", action="store_true", help="the miniature world's recipes (recipes/world/)")
     p.add_argument("--world-root", type=Path, default=WORLD_ROOT,
-                   help="with --world: the build whose mini-SAM and stage-1 experts the arms use (default "
-                   "runs/world, the one the recipes name)")
+                   help="the world build whose mini-SAM and stage-1 experts the arms use (implies --world; "
+                   "default runs/world, the one the recipes name)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
