@@ -24,6 +24,11 @@ from samora_kit.train.model import build_model  # noqa: E402
 from samora_kit.weights.io import atomic_write_text  # noqa: E402
 
 
+def shown(path: Path) -> str:
+    """`path` as the docs give it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
 def model_from_recipe(recipe_path: Path, overrides: list[str], num_classes: int, device: torch.device,
                       full_rank_logits: bool = False):
     """The recipe's model with random weights: checkpoints named in the recipe are not read."""

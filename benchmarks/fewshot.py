@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, paired_difference, write_doc_block
+from common import REPO, paired_difference, shown, write_doc_block
 
 from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
@@ -49,7 +49,7 @@ from samora_kit.flows.common import run_dir_of
 from samora_kit.runner import run
 from samora_kit.train.runfolder import RECIPE_FILE
 
-from benchmarks.world.mini_sam import SAFETENSORS as MINI_SAM
+from benchmarks.world.build import DEFAULT_ROOT as WORLD_ROOT, mini_sam_file, stage1_folder
 
 DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
 DECODER_ONLY = ["backbone.lora.blocks=[]"]  # no LoRA, no experts: the frozen base, only the decoder trains
@@ -78,7 +78,6 @@ COMPARISONS = [  # (arm, against): reported when both ran
 VALIDATION_SUBJECTS = 4  # per draw: the first support-pool subjects (sorted) outside its support set
 CURVE_POINTS = 10  # validations per run: every tenth of its epochs
 CURVE_ARMS = ("samed", "samora_full", "samora", "samed_short", "decoder_only_short")  # drawn when they ran
-WORLD_ROOT = REPO / "runs" / "world"  # the build recipes/world/*.toml name
 BASES = {"sam": "recipes/base_pretrain.toml", "sam2": "recipes/base_pretrain_sam2.toml"}  # backbone -> its base
 TIMING = "fewshot-seconds.txt"
 SUM = 'fuser={ name = "sum" }'  # one expert alone: its delta, nothing to fuse
@@ -192,9 +191,9 @@ def world_build_overrides(root: Path, dataset: str, recipe_path: str) -> list[st
     recipe = load_recipe(REPO / recipe_path, default_registry())
     needed = {}
     if getattr(recipe.backbone, "checkpoint", None) is not None:
-        needed["backbone.checkpoint"] = root / "mini_sam" / MINI_SAM
+        needed["backbone.checkpoint"] = mini_sam_file(root)
     if recipe.pretrain is not None:
-        needed["pretrain.recipe"] = root / f"stage1_{dataset}" / RECIPE_FILE
+        needed["pretrain.recipe"] = stage1_folder(root, dataset) / RECIPE_FILE
     absent = [str(path) for path in needed.values() if not path.is_file()]
     if absent:
         sys.exit(f"--world-root {root}: no {', '.join(absent)}; build that world first: "
@@ -246,7 +245,7 @@ def _one_off_stages(arm_recipes: list[tuple[str, list[str]]], world: bool) -> di
         if not world and recipe.backbone.name in BASES:
             stages.append(BASES[recipe.backbone.name])
         if recipe.pretrain is not None:
-            stages.append(str(Path(recipe.pretrain.recipe).relative_to(REPO)))
+            stages.append(shown(Path(recipe.pretrain.recipe)))  # a build outside the repository stays absolute
     seconds = {}
     for stage in dict.fromkeys(stages):
         recipe = load_recipe(REPO / stage, registry)
@@ -304,8 +303,7 @@ def _misses(runs: list[dict], policy: str = "transunet") -> int:
 def _markdown(results: dict, command: str, args) -> str:
     first = next(iter(results.values()))[0]["summary"]
     classes = list(first["transunet"]["classes"])
-    runs = args.runs.resolve().relative_to(REPO) if args.runs.resolve().is_relative_to(REPO) else args.runs
-    lines = [f"Command: `{command}` (from the repository root; `{runs}/` holds every run).", ""]
+    lines = [f"Command: `{command}` (from the repository root; `{shown(args.runs.resolve())}/` holds every run).", ""]
     for policy, unit in (("transunet", "vox"), ("strict", "mm")):
         lines += [f"**{policy} policy** — Dice % and HD95 {unit}, mean ± std over draws "
                   "(each draw: the mean over its test subjects). ⚠ n: the row's runs predicted n test "

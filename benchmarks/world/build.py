@@ -35,11 +35,12 @@ from samora_kit.recipe import load_recipe
 from samora_kit.runner import run
 from samora_kit.weights.io import atomic_write_text, sha256_of
 
+from benchmarks.common import REPO, shown
 from benchmarks.world import mini_sam, teachers
 from benchmarks.world.cli import command_line, exit_code, print_and_document
 
-REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "world"
+DEFAULT_ROOT = REPO / "runs" / "world"  # the build recipes/world/*.toml name
 TARGETS = ("hippocampus", "acdc")
 RECORD = "world.json"
 
@@ -62,10 +63,20 @@ SCALES = {
 }
 
 
+def mini_sam_file(root: Path) -> Path:
+    """The mini-SAM that the world at ROOT imported (what its arms and stage 1 load)."""
+    return root / "mini_sam" / mini_sam.SAFETENSORS
+
+
+def stage1_folder(root: Path, target: str) -> Path:
+    """The run folder of the world at ROOT's stage 1 on `target` (its experts, its resolved recipe)."""
+    return root / f"stage1_{target}"
+
+
 def stage1_overrides(root: Path, scale: Scale, target: str) -> list[str]:
     """The stage-1 recipe pointed at ROOT's mini-SAM and teachers, its run in ROOT/stage1_<target>."""
-    return [f"run.output_dir={root / f'stage1_{target}'}",
-            f"backbone.checkpoint={root / 'mini_sam' / mini_sam.SAFETENSORS}",
+    return [f"run.output_dir={stage1_folder(root, target)}",
+            f"backbone.checkpoint={mini_sam_file(root)}",
             f"experts.0.teacher.checkpoint={root / 'teachers' / 'simclrv2_mini.pth'}",
             f"experts.1.teacher.checkpoint={root / 'teachers' / 'mae_mini.pth'}", *scale.stage1]
 
@@ -158,7 +169,7 @@ def build_world(root: Path, scale: Scale, targets: list[str], device: str = "aut
     for target in targets:
         recipe = RECIPES / f"stage1_{target}.toml"
         overrides = [*stage1_overrides(root, scale, target), f"run.device={device}"]
-        files = {"mini_sam": root / "mini_sam" / mini_sam.SAFETENSORS,
+        files = {"mini_sam": mini_sam_file(root),
                  "simclrv2": root / "teachers" / "simclrv2_mini.pth", "mae": root / "teachers" / "mae_mini.pth"}
 
         def stage1(folder: Path, recipe=recipe, overrides=overrides) -> dict:
@@ -182,11 +193,6 @@ def world_table(record: dict, command: str, root: Path) -> str:
     total = sum(stage["wall_s"] for stage in stages.values())
     lines.append(f"| **all stages** | **{total:.0f}** ({total / 60:.0f} min) | | |")
     return "\n".join(lines) + "\n"
-
-
-def shown(path: Path) -> str:
-    """`path` as the docs give it: relative to the repository when inside it."""
-    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 def _digests(stage: dict) -> str:
@@ -217,7 +223,7 @@ def _figures(name: str, stage: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=REPO / "runs" / "world", help="where the world's stages go")
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the world's stages go")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     p.add_argument("--targets", nargs="*", choices=TARGETS, default=list(TARGETS),
                    help="the targets whose stage 1 to build (none: only the source-domain stages)")

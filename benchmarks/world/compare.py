@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from samora_kit.errors import SamoraError
 
-from benchmarks.common import paired_difference
-from benchmarks.world.build import TARGETS, World, shown
+from benchmarks.common import paired_difference, shown
+from benchmarks.world.build import TARGETS, World
 from benchmarks.world.cli import command_line, exit_code, print_and_document
 
 
