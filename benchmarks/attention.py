@@ -6,7 +6,8 @@ Candidates, one attention: `explicit` (segment-anything's own Attention: logits,
 `sdpa_bias` (SDPA with the rel-pos term as an L x L float mask), `sdpa_folded` (the kit's: the rel-pos
 term folded into q and k, SDPA with no mask), `flex` / `flex_compiled` (FlexAttention, the rel-pos term in
 a score_mod, eager / under torch.compile; the CPU has no FlexAttention backward). Expert variants:
-`explicit_low_rank` (frozen logits + a rank-r correction per expert) against `sdpa_folded`.
+`explicit_low_rank` (frozen logits + a rank-r correction per expert) against `sdpa_folded`. Fuser (`--cases
+fuser`): HL-Attn's cross-attention at width 256, 8 heads, `explicit` softmax against `sdpa`.
 Rounds interleave the candidates (order rotated each round); the table gives medians.
 
     python benchmarks/attention.py --device cpu --threads 1
@@ -30,12 +31,14 @@ from torch.nn.attention.flex_attention import flex_attention
 
 from common import REPO, synchronize, write_doc_block
 
+from samora_kit_plugins.fusion.hl_attn import attend
 from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
 from samora_kit_plugins.sam.rel_pos_attention import (rel_pos_index, rel_pos_tables, rel_terms,
                                                        sam_attention_sdpa)
 from samora_kit_plugins.sam.variant_attention import low_rank_variants_attention, variants_attention
 
 DIM, HEADS = 768, 12  # ViT-B; SAM's windows are 14 x 14 tokens
+FUSER_WIDTH, FUSER_HEADS = 256, 8  # HL-Attn's defaults
 DEFAULT_BLOCKS = {"cpu": "14:8,32:2", "cuda": "14:256,32:32,64:4"}
 
 
@@ -93,6 +96,16 @@ def expert_candidates(side: int, device: torch.device, experts: int, rank: int) 
             "sdpa_folded": lambda x: variants_attention(attn, *qkv.variants(x, shared=True), hw)}
 
 
+def fuser_candidates(width: int, heads: int) -> dict[str, Callable]:
+    """HL-Attn's cross-attention (its q, k, v after their projections: x is N, L, width)."""
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], heads, width // heads).transpose(1, 2)
+
+    return {name: (lambda x, fused=fused: attend(split(x), split(x * 0.5), split(x), None, 0.0, fused))
+            for name, fused in (("explicit", False), ("sdpa", True))}
+
+
 def measure(candidates: dict[str, Callable], x: torch.Tensor, train: bool, dtype: torch.dtype,
             rounds: int) -> tuple[dict[str, float], dict[str, float]]:
     """Median ms per call of each candidate, and each one's first call (compilation included)."""
@@ -132,7 +145,7 @@ def main() -> None:
                    f"images per call (default: cpu {DEFAULT_BLOCKS['cpu']}, cuda {DEFAULT_BLOCKS['cuda']})")
     p.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (autocast, as train.amp)")
     p.add_argument("--modes", default="infer,train")
-    p.add_argument("--cases", default="single,experts")
+    p.add_argument("--cases", default="single,experts", help="single, experts and/or fuser")
     p.add_argument("--experts", type=int, default=3)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
@@ -161,9 +174,12 @@ def main() -> None:
                     if case == "single":
                         candidates = single_candidates(side, device, train, not args.no_compile)
                         x = torch.randn(n, side, side, DIM, device=device, requires_grad=train)
-                    else:
+                    elif case == "experts":
                         candidates = expert_candidates(side, device, args.experts, args.rank)
                         x = torch.randn(n, side * side, DIM, device=device, requires_grad=train)
+                    else:
+                        candidates = fuser_candidates(FUSER_WIDTH, FUSER_HEADS)
+                        x = torch.randn(n, side * side, FUSER_WIDTH, device=device, requires_grad=train)
                     medians, first = measure(candidates, x, train, dtypes[dtype_name], args.rounds)
                     base = next(iter(medians.values()))
                     for name, ms in medians.items():

@@ -11,6 +11,8 @@ from torch import nn
 from samora_kit.errors import SamoraError
 from samora_kit.plugins import load_plugins
 from samora_kit_plugins.fusion import HLAttn, HLAttnConfig, build_hl_attn, hl_attn_parameter_count
+from samora_kit_plugins.fusion import hl_attn as hl_attn_module
+from samora_kit_plugins.fusion.hl_attn import attend
 
 NAMES = ["image", "patch", "pixel"]
 DIM, HEADS = 96, 3
@@ -174,7 +176,16 @@ def test_folding_the_projection_keeps_every_fuser_exact(name):
         folded.fold_projection(weight)
 
 
-def test_padded_window_tokens_never_reach_real_ones():
+@pytest.fixture(params=["explicit", "fused"])
+def kernel(request, monkeypatch):
+    """Run HL-Attn's attention on the CPU's explicit softmax or on SDPA, whatever the rule would pick."""
+    limit = 10**9 if request.param == "explicit" else -1
+    monkeypatch.setattr(hl_attn_module, "CPU_EXPLICIT_MAX_TOKENS",
+                        {(dtype, grad): limit for dtype in (torch.float32, torch.bfloat16) for grad in (False, True)})
+    return request.param
+
+
+def test_padded_window_tokens_never_reach_real_ones(kernel):
     fuser = wake_up(hl_attn(width=32, heads=4))
     d = deltas(n=3, l=16)
     valid = torch.ones(3, 16, dtype=torch.bool)
@@ -185,6 +196,26 @@ def test_padded_window_tokens_never_reach_real_ones():
     again = fuser(changed, valid=valid)
     assert torch.equal(again[valid], out[valid])
     assert not torch.allclose(fuser(changed)[valid], out[valid])  # without the mask they would leak
+
+
+def test_explicit_and_fused_attention_agree_with_their_gradients():
+    """The kernel the CPU picks for the fuser's attention changes nothing but speed: the explicit softmax and
+    SDPA give the same output and the same gradients, padded keys masked."""
+    valid = torch.ones(3, 16, dtype=torch.bool)
+    valid[1:, 10:] = False
+    results = []
+    for fused in (False, True):
+        q, k, v = (torch.randn(3, 4, 16, 8, generator=torch.Generator().manual_seed(s), requires_grad=True)
+                   for s in range(3))
+        out = attend(q, k, v, valid[:, None, None, :], 0.0, fused=fused)
+        out.square().sum().backward()
+        results.append([out.detach(), q.grad, k.grad, v.grad])
+    for explicit, fused in zip(*results):
+        assert torch.allclose(explicit, fused, atol=1e-5), (explicit - fused).abs().max()
+    q, k, v = (torch.randn(3, 4, 16, 8, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    with torch.autocast("cpu", torch.bfloat16):  # bf16 training on the CPU takes the explicit softmax
+        low = attend(q.bfloat16().requires_grad_(True), k.bfloat16(), v.bfloat16(), valid[:, None, None, :], 0.0)
+    assert torch.allclose(low.float(), results[1][0], atol=3e-2), (low.float() - results[1][0]).abs().max()
 
 
 def test_hl_attn_parameter_count_matches_paper_budget():

@@ -7,11 +7,11 @@ Structure (K experts, block width C, inner fusion width w = ``width``, ``heads``
     r_j   = h[order[j]] + Attn_j(q = LN(h[order[j]]), k = LN(r_{j-1}), v = r_{j-1})   j = 1 .. K-1
     out   = gate * up(r_{K-1})                      Linear w -> C, then a per-channel gate (zeros at init)
 
-``Attn_j`` has its own q/k/v projections (Linear w -> w each, with bias) and runs
-``scaled_dot_product_attention`` with ``heads`` heads over the L tokens of each of the N
-groups independently (a group is one window of a windowed block, one image of a global
-block), so the fuser never mixes tokens of different groups; ``valid`` (N, L) masks padded
-window tokens out of every key/value set. There is no per-step output projection: the next
+``Attn_j`` has its own q/k/v projections (Linear w -> w each, with bias) and runs softmax attention
+(``attend``: SDPA, or on the CPU the explicit softmax where measured faster) with ``heads`` heads
+over the L tokens of each of the N groups independently (a group is one window of a windowed block,
+one image of a global block), so the fuser never mixes tokens of different groups; ``valid`` (N, L)
+masks padded window tokens out of every key/value set. There is no per-step output projection: the next
 step's k/v projections, and at the end ``up``, mix the heads. Higher level queries, lower
 level answers: with the default order ``pixel -> patch -> image`` step 1 is "patch asks pixel",
 step 2 "image asks the result".
@@ -76,6 +76,12 @@ def hl_attn_parameter_count(dim: int, width: int = 256, num_experts: int = 3) ->
     return 2 * dim * width + 2 * dim + width + (num_experts - 1) * (3 * width * width + 7 * width)
 
 
+# Up to how many tokens the CPU keeps the explicit softmax for the fuser's attention (width / heads = 32
+# per head), by (dtype, gradient through attention); any other case takes SDPA. Measured (docs/decisions.md,
+# "Attention kernel"): SDPA wins fp32 everywhere and bf16 inference, its bf16 backward loses up to 784 tokens.
+CPU_EXPLICIT_MAX_TOKENS = {(torch.bfloat16, True): 784}
+
+
 class CrossAttentionStep(nn.Module):
     """Query tokens (higher level) attend to key/value tokens (lower level) of the same group."""
 
@@ -96,10 +102,31 @@ class CrossAttentionStep(nn.Module):
             return t.view(n, l, self.heads, w // self.heads).transpose(1, 2)
 
         mask = None if valid is None else valid[:, None, None, :]  # N, 1, 1, L: padded keys never answer
-        attn = F.scaled_dot_product_attention(
-            split(self.q(self.q_norm(query))), split(self.k(self.k_norm(lower))), split(self.v(lower)),
-            attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        attn = attend(split(self.q(self.q_norm(query))), split(self.k(self.k_norm(lower))), split(self.v(lower)),
+                      mask, self.dropout if self.training else 0.0)
         return query + attn.transpose(1, 2).reshape(n, l, w)  # residual on the query
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float,
+           fused: bool | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), keys where `mask` is False left out) v; q, k, v: N, heads, L, d.
+
+    `fused` None picks the kernel by `fused_kernel_pays`; True / False force SDPA / the explicit softmax
+    (benchmarks/attention.py compares the two)."""
+    if fused is None:
+        fused = fused_kernel_pays(q, q.shape[-2], torch.is_grad_enabled() and q.requires_grad)
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return torch.matmul(F.dropout(logits.softmax(dim=-1), dropout) if dropout else logits.softmax(dim=-1), v)
+
+
+def fused_kernel_pays(like: torch.Tensor, length: int, needs_grad: bool) -> bool:
+    """Whether SDPA beats the explicit softmax for the fuser's attention over `length` tokens on `like`'s
+    device: always on an accelerator, above CPU_EXPLICIT_MAX_TOKENS on the CPU."""
+    return like.device.type != "cpu" or length > CPU_EXPLICIT_MAX_TOKENS.get((like.dtype, needs_grad), 0)
 
 
 class HLAttn(nn.Module):
