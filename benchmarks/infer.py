@@ -3,6 +3,7 @@ volumes, stacked back, as `samora-kit evaluate` does it.
 
     python benchmarks/infer.py recipes/samed.toml --device cpu --volume 32,224,224 --volumes 2
     python benchmarks/infer.py recipes/samed.toml recipes/samora.toml --device cpu --volume 16,224,224   # + ratio
+    python benchmarks/infer.py recipes/samed.toml recipes/samora.toml --device cpu --volume 8,224,224 --batch 8 --profile 2
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import time
 import numpy as np
 import torch
 
-from common import benchmark_parser, flop_counter, measure_each, model_from_recipe, peak_memory_mib, report, synchronize
+from common import (benchmark_parser, flop_counter, measure_each, model_from_recipe, op_milliseconds, peak_memory_mib,
+                    report, synchronize)
 
 from samora_kit.devices import inference_dtype
 from samora_kit.eval.inference import predict_volume
@@ -26,6 +28,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="slices per forward (default: eval.batch_size)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="as samora-kit evaluate --precision")
+    p.add_argument("--profile", type=int, default=0, metavar="VOLUMES",
+                   help="after timing, profile VOLUMES more volumes and report each op's own CPU time per volume "
+                        "(with several recipes: which ops grow from the first recipe to the others)")
     args = p.parse_args()
     if len(args.recipes) > 1:
         return measure_each(__file__, args.recipes)
@@ -53,7 +58,11 @@ def main() -> None:
           f"{batch} slices per forward")
     print(f"{seconds:.2f} s per volume  |  {shape[0] / seconds:.1f} slices/s  |  {memory_name} {memory:.0f} MiB  |  "
           f"{slice_gflop:.2f} GFLOP per slice")
-    report({"seconds_per_volume": seconds, "memory_mib": memory, "gflop_per_slice": slice_gflop})
+    result = {"seconds_per_volume": seconds, "memory_mib": memory, "gflop_per_slice": slice_gflop}
+    if args.profile:
+        result["op_ms"] = op_milliseconds(lambda: predict_volume(model, volume, batch, device, precision),
+                                          args.profile)
+    report(result)
 
 
 if __name__ == "__main__":
