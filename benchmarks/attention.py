@@ -6,7 +6,8 @@ Candidates, one attention: `explicit` (segment-anything's own Attention: logits,
 `sdpa_bias` (SDPA with the rel-pos term as an L x L float mask), `sdpa_folded` (the kit's: the rel-pos
 term folded into q and k, SDPA with no mask), `flex` / `flex_compiled` (FlexAttention, the rel-pos term in
 a score_mod, eager / under torch.compile; the CPU has no FlexAttention backward). Expert variants:
-`explicit_low_rank` (frozen logits + a rank-r correction per expert) against `sdpa_folded`. Fuser (`--cases
+`explicit_low_rank` (frozen logits + a rank-r correction per expert; in inference in cache-sized chunks of
+heads, `--inference-chunks` times other chunk sizes) against `sdpa_folded`. Fuser (`--cases
 fuser`): HL-Attn's cross-attention at width 256, 8 heads, `explicit` softmax against `sdpa`.
 Rounds interleave the candidates (order rotated each round); the table gives medians.
 
@@ -35,6 +36,7 @@ from samora_kit_plugins.fusion.hl_attn import attend
 from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
 from samora_kit_plugins.sam.rel_pos_attention import (rel_pos_index, rel_pos_tables, rel_terms,
                                                        sam_attention_sdpa)
+from samora_kit_plugins.sam import variant_attention
 from samora_kit_plugins.sam.variant_attention import low_rank_variants_attention, variants_attention
 
 DIM, HEADS = 768, 12  # ViT-B; SAM's windows are 14 x 14 tokens
@@ -84,7 +86,8 @@ def single_candidates(side: int, device: torch.device, train: bool, compile_flex
     return found
 
 
-def expert_candidates(side: int, device: torch.device, experts: int, rank: int) -> dict[str, Callable]:
+def expert_candidates(side: int, device: torch.device, experts: int, rank: int,
+                      chunks_kib: tuple[int, ...] = ()) -> dict[str, Callable]:
     attn = Attention(DIM, HEADS, use_rel_pos=True, input_size=(side, side)).to(device).requires_grad_(False)
     qkv = ExpertsQKV(attn.qkv, [f"e{i}" for i in range(experts)], rank, ("q", "v")).to(device)
     with torch.no_grad():
@@ -92,8 +95,21 @@ def expert_candidates(side: int, device: torch.device, experts: int, rank: int) 
         attn.rel_pos_w.normal_(std=0.3)
         qkv.expert_b.normal_(std=0.3)
     hw = (side, side)
-    return {"explicit_low_rank": lambda x: low_rank_variants_attention(attn, *qkv.factored_variants(x), hw),
-            "sdpa_folded": lambda x: variants_attention(attn, *qkv.variants(x, shared=True), hw)}
+    found = {"explicit_low_rank": lambda x: low_rank_variants_attention(attn, *qkv.factored_variants(x), hw),
+             "sdpa_folded": lambda x: variants_attention(attn, *qkv.variants(x, shared=True), hw)}
+
+    def chunked(x: torch.Tensor, kib: int) -> torch.Tensor:
+        kept = variant_attention.INFERENCE_CHUNK_BYTES
+        variant_attention.INFERENCE_CHUNK_BYTES = kib * 1024 if kib else 1 << 62  # 0: every pair in one chunk
+        try:
+            return low_rank_variants_attention(attn, *qkv.factored_variants(x), hw)
+        finally:
+            variant_attention.INFERENCE_CHUNK_BYTES = kept
+
+    for kib in chunks_kib:
+        found[f"explicit_low_rank, {f'{kib} KiB chunks' if kib else 'one chunk'}"] = \
+            lambda x, kib=kib: chunked(x, kib)
+    return found
 
 
 def fuser_candidates(width: int, heads: int) -> dict[str, Callable]:
@@ -148,6 +164,9 @@ def main() -> None:
     p.add_argument("--cases", default="single,experts", help="single, experts and/or fuser")
     p.add_argument("--experts", type=int, default=3)
     p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--inference-chunks", default="", metavar="KIB,...",
+                   help="expert variants, inference: also time the explicit rank-r logits in chunks of heads whose "
+                        "logits take this many KiB (0: one chunk of every pair), against the kit's INFERENCE_CHUNK_BYTES")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-compile", action="store_true", help="skip flex_compiled (its compilation takes a while)")
@@ -175,7 +194,9 @@ def main() -> None:
                         candidates = single_candidates(side, device, train, not args.no_compile)
                         x = torch.randn(n, side, side, DIM, device=device, requires_grad=train)
                     elif case == "experts":
-                        candidates = expert_candidates(side, device, args.experts, args.rank)
+                        chunks = tuple(int(c) for c in args.inference_chunks.split(",")) \
+                            if args.inference_chunks and not train else ()
+                        candidates = expert_candidates(side, device, args.experts, args.rank, chunks)
                         x = torch.randn(n, side * side, DIM, device=device, requires_grad=train)
                     else:
                         candidates = fuser_candidates(FUSER_WIDTH, FUSER_HEADS)

@@ -16,6 +16,7 @@ from samora_kit_plugins.sam import RelPosSdpaAttention, build_image_encoder, bui
 from samora_kit_plugins.sam import rel_pos_attention
 from samora_kit_plugins.sam.config import SamBackboneConfig
 from samora_kit_plugins.sam.rel_pos_attention import fused_kernel_pays
+from samora_kit_plugins.sam import variant_attention
 from samora_kit_plugins.sam.variant_attention import low_rank_variants_attention, variants_attention
 
 ATOL = 1e-5
@@ -140,6 +141,26 @@ def test_batched_expert_attention_equals_segment_anything_per_variant(targets, h
         assert torch.allclose(out.float(), reference.float(), atol=atol), (out.float() - reference.float()).abs().max()
         (grad,) = torch.autograd.grad((out.float() * weight).sum(), x, retain_graph=True)
         assert (grad - grad_ref).abs().max() <= (0.05 if precision == "bf16" else 1e-4) * grad_ref.abs().max()
+
+
+@pytest.mark.parametrize("pairs_per_chunk", [1, 2, 100])  # 3 images x 3 heads: 9, 5 (the last one short), 1 chunk
+def test_explicit_expert_attention_in_chunks_equals_segment_anything_without_gradient(monkeypatch, pairs_per_chunk):
+    """Inference runs the explicit rank-r variants a cache-sized chunk of (image, head) pairs at a time;
+    whatever the chunk size, the result is segment-anything's Attention run once per variant."""
+    torch.manual_seed(0)
+    attn = Attention(96, num_heads=3, use_rel_pos=True, input_size=(7, 7))
+    qkv = ExpertsQKV(attn.qkv, ["a", "b", "c"], rank=2, targets=("q", "v"))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(0, 0.3)
+        attn.rel_pos_w.normal_(0, 0.3)
+        qkv.expert_b.normal_(0, 0.3)
+    hw = (7, 7)
+    monkeypatch.setattr(variant_attention, "INFERENCE_CHUNK_BYTES", pairs_per_chunk * 49 * 49 * 4)
+    x = torch.randn(3, 49, 96)
+    with torch.no_grad():
+        reference = torch.stack([_per_variant(attn, q, k, v, hw) for q, k, v in zip(*qkv.variants(x))])
+        out = low_rank_variants_attention(attn, *qkv.factored_variants(x), hw)
+    assert torch.allclose(out, reference, atol=ATOL), (out - reference).abs().max()
 
 
 def _per_variant(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

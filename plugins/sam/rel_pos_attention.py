@@ -21,7 +21,7 @@ from segment_anything.modeling.image_encoder import Attention
 # Up to how many tokens the CPU keeps the explicit softmax, by (expert variants with rank-r logits,
 # gradient through attention): measured, docs/decisions.md "Attention kernel". The CPU's flash kernel
 # loses in backward on short windows, and the rank-r logits save more than fusing does.
-CPU_EXPLICIT_MAX_TOKENS = {(False, False): 0, (False, True): 400, (True, False): 196, (True, True): 1024}
+CPU_EXPLICIT_MAX_TOKENS = {(False, False): 0, (False, True): 400, (True, False): 1024, (True, True): 1024}
 
 
 def fused_kernel_pays(like: torch.Tensor, length: int, needs_grad: bool, low_rank: bool = False) -> bool:

@@ -4,8 +4,8 @@ The variants [frozen, frozen + expert 1, ..., frozen + expert K] share the froze
 carry LoRA by default). Two forms, chosen by `rel_pos_attention.fused_kernel_pays` (measured,
 docs/decisions.md "Attention kernel"): every variant through one fused SDPA call with the relative
 positions folded into q and k (`variants_attention`), or explicit logits where each expert's are the
-frozen ones plus a rank-r correction (`low_rank_variants_attention`). Results are *before* the block's
-output projection.
+frozen ones plus a rank-r correction (`low_rank_variants_attention`; in inference a cache-sized chunk
+of (image, head) pairs at a time). Results are *before* the block's output projection.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ import torch
 from segment_anything.modeling.image_encoder import Attention
 
 from .rel_pos_attention import fold_rel_pos, fused_attention, rel_pos_index, rel_pos_onehot, rel_pos_tables, rel_terms
+
+# Without a gradient, the explicit variants run a chunk of (image, head) pairs at a time, the chunk's
+# L x L logits about this many bytes, so that each variant's logits, softmax and product with the values stay
+# in cache (`benchmarks/attention.py --inference-chunks`, docs/benchmarks.md, issue 9). Training keeps one
+# call: the tensors it saves for the backward go to memory anyway.
+INFERENCE_CHUNK_BYTES = 1 << 20
 
 
 def variants_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -69,12 +75,27 @@ def low_rank_variants_attention(attn: Attention, q0: torch.Tensor, u: torch.Tens
         lhs0, rhs0 = torch.cat([lhs0, rel0], dim=-1), torch.cat([rhs0, onehot.expand(n, heads, -1, -1)], dim=-2)
         lhs = torch.cat([lhs, rel], dim=-1)
         rhs = torch.cat([rhs, onehot.expand(experts, n, heads, -1, -1)], dim=-2)
-    frozen = torch.matmul(lhs0, rhs0).flatten(0, 1)  # n*heads, L, L
     # unbind, not indexing: an indexed slice's gradient is a zero-filled tensor of the whole, per expert
     values = v.view(v.shape[0], n, length, heads, hd).transpose(2, 3).flatten(1, 2).unbind(0)  # n*heads, L, hd
-    outs = [torch.bmm(frozen.softmax(dim=-1), values[0])]
-    for e, (lhs_e, rhs_e) in enumerate(zip(lhs.unbind(0), rhs.unbind(0))):  # S_0 + correction, one baddbmm each
-        logits = torch.baddbmm(frozen, lhs_e.flatten(0, 1), rhs_e.flatten(0, 1))
-        outs.append(torch.bmm(logits.softmax(dim=-1), values[e + 1 if len(values) > 1 else 0]))
-    out = torch.stack(outs).view(experts + 1, n, heads, length, hd)
+    lhs0, rhs0, lhs, rhs = lhs0.flatten(0, 1), rhs0.flatten(0, 1), lhs.flatten(1, 2).unbind(0), rhs.flatten(1, 2).unbind(0)
+    if torch.is_grad_enabled() and q0.requires_grad:
+        out = torch.stack([torch.bmm(probs, value) for probs, value in _probabilities(lhs0, rhs0, lhs, rhs, values)])
+    else:  # inference: a cache-sized chunk of (image, head) pairs at a time (docs/benchmarks.md, issue 9)
+        out = q0.new_empty(experts + 1, n * heads, length, hd)
+        step = max(1, INFERENCE_CHUNK_BYTES // (length * length * q0.element_size()))
+        for s in range(0, n * heads, step):
+            part = slice(s, s + step)
+            chunk = _probabilities(lhs0[part], rhs0[part], [t[part] for t in lhs], [t[part] for t in rhs],
+                                   [t[part] for t in values])
+            for e, (probs, value) in enumerate(chunk):
+                torch.bmm(probs, value, out=out[e, part])
+    out = out.view(experts + 1, n, heads, length, hd)
     return out.transpose(2, 3).reshape(experts + 1, n, length, dim)
+
+
+def _probabilities(lhs0, rhs0, lhs, rhs, values):
+    """(softmax of variant i's logits, variant i's values) for i = 0 (frozen) .. E, one variant at a time."""
+    frozen = torch.bmm(lhs0, rhs0)  # g, L, L: S_0
+    yield frozen.softmax(dim=-1), values[0]
+    for e, (lhs_e, rhs_e) in enumerate(zip(lhs, rhs)):  # S_0 + correction, one baddbmm each
+        yield torch.baddbmm(frozen, lhs_e, rhs_e).softmax(dim=-1), values[e + 1 if len(values) > 1 else 0]
