@@ -7,7 +7,7 @@ Candidates, one attention: `explicit` (segment-anything's own Attention: logits,
 term folded into q and k, SDPA with no mask), `flex` / `flex_compiled` (FlexAttention, the rel-pos term in
 a score_mod, eager / under torch.compile; the CPU has no FlexAttention backward). Expert variants:
 `explicit_low_rank` (frozen logits + a rank-r correction per expert; in inference in cache-sized chunks of
-heads, `--inference-chunks` times other chunk sizes) against `sdpa_folded`. Fuser (`--cases
+(image, head) pairs, `--inference-chunks` times other chunk sizes) against `sdpa_folded`. Fuser (`--cases
 fuser`): HL-Attn's cross-attention at width 256, 8 heads, `explicit` softmax against `sdpa`.
 Rounds interleave the candidates (order rotated each round); the table gives medians.
 
@@ -36,7 +36,6 @@ from samora_kit_plugins.fusion.hl_attn import attend
 from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
 from samora_kit_plugins.sam.rel_pos_attention import (rel_pos_index, rel_pos_tables, rel_terms,
                                                        sam_attention_sdpa)
-from samora_kit_plugins.sam import variant_attention
 from samora_kit_plugins.sam.variant_attention import low_rank_variants_attention, variants_attention
 
 DIM, HEADS = 768, 12  # ViT-B; SAM's windows are 14 x 14 tokens
@@ -98,17 +97,10 @@ def expert_candidates(side: int, device: torch.device, experts: int, rank: int,
     found = {"explicit_low_rank": lambda x: low_rank_variants_attention(attn, *qkv.factored_variants(x), hw),
              "sdpa_folded": lambda x: variants_attention(attn, *qkv.variants(x, shared=True), hw)}
 
-    def chunked(x: torch.Tensor, kib: int) -> torch.Tensor:
-        kept = variant_attention.INFERENCE_CHUNK_BYTES
-        variant_attention.INFERENCE_CHUNK_BYTES = kib * 1024 if kib else 1 << 62  # 0: every pair in one chunk
-        try:
-            return low_rank_variants_attention(attn, *qkv.factored_variants(x), hw)
-        finally:
-            variant_attention.INFERENCE_CHUNK_BYTES = kept
-
-    for kib in chunks_kib:
-        found[f"explicit_low_rank, {f'{kib} KiB chunks' if kib else 'one chunk'}"] = \
-            lambda x, kib=kib: chunked(x, kib)
+    for kib in chunks_kib:  # 0: every (image, head) pair in one chunk
+        name = f"explicit_low_rank, {f'{kib} KiB chunks' if kib else 'one chunk'}"
+        found[name] = lambda x, size=kib * 1024 or 1 << 62: low_rank_variants_attention(
+            attn, *qkv.factored_variants(x), hw, chunk_bytes=size)
     return found
 
 
@@ -165,8 +157,9 @@ def main() -> None:
     p.add_argument("--experts", type=int, default=3)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--inference-chunks", default="", metavar="KIB,...",
-                   help="expert variants, inference: also time the explicit rank-r logits in chunks of heads whose "
-                        "logits take this many KiB (0: one chunk of every pair), against the kit's INFERENCE_CHUNK_BYTES")
+                   help="expert variants, inference: also time the explicit rank-r logits in chunks of (image, head) "
+                        "pairs whose logits take this many KiB (0: one chunk of every pair), against the kit's "
+                        "INFERENCE_CHUNK_BYTES")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-compile", action="store_true", help="skip flex_compiled (its compilation takes a while)")

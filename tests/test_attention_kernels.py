@@ -16,7 +16,6 @@ from samora_kit_plugins.sam import RelPosSdpaAttention, build_image_encoder, bui
 from samora_kit_plugins.sam import rel_pos_attention
 from samora_kit_plugins.sam.config import SamBackboneConfig
 from samora_kit_plugins.sam.rel_pos_attention import fused_kernel_pays
-from samora_kit_plugins.sam import variant_attention
 from samora_kit_plugins.sam.variant_attention import low_rank_variants_attention, variants_attention
 
 ATOL = 1e-5
@@ -116,14 +115,7 @@ def test_backbone_runs_the_fused_attention_with_segment_anything_names():
 def test_batched_expert_attention_equals_segment_anything_per_variant(targets, hw, window, precision):
     """The fused K+1-variant attention (and the explicit rank-r form, when the experts leave k frozen)
     equals segment-anything's Attention run once per variant, values and gradients."""
-    torch.manual_seed(0)
-    attn = Attention(96, num_heads=3, use_rel_pos=True, input_size=(7, 7))
-    with torch.no_grad():
-        attn.rel_pos_h.normal_(0, 0.3)
-        attn.rel_pos_w.normal_(0, 0.3)
-    qkv = ExpertsQKV(attn.qkv, ["a", "b", "c"], rank=2, targets=targets)
-    with torch.no_grad():
-        qkv.expert_b.normal_(0, 0.3)
+    attn, qkv = _experts_attention(targets)
     length = hw[0] * hw[1]
     x = torch.randn(3, length, 96, requires_grad=True)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -144,23 +136,30 @@ def test_batched_expert_attention_equals_segment_anything_per_variant(targets, h
 
 
 @pytest.mark.parametrize("pairs_per_chunk", [1, 2, 100])  # 3 images x 3 heads: 9, 5 (the last one short), 1 chunk
-def test_explicit_expert_attention_in_chunks_equals_segment_anything_without_gradient(monkeypatch, pairs_per_chunk):
+def test_explicit_expert_attention_in_chunks_equals_segment_anything_without_gradient(pairs_per_chunk):
     """Inference runs the explicit rank-r variants a cache-sized chunk of (image, head) pairs at a time;
     whatever the chunk size, the result is segment-anything's Attention run once per variant."""
-    torch.manual_seed(0)
-    attn = Attention(96, num_heads=3, use_rel_pos=True, input_size=(7, 7))
-    qkv = ExpertsQKV(attn.qkv, ["a", "b", "c"], rank=2, targets=("q", "v"))
-    with torch.no_grad():
-        attn.rel_pos_h.normal_(0, 0.3)
-        attn.rel_pos_w.normal_(0, 0.3)
-        qkv.expert_b.normal_(0, 0.3)
+    attn, qkv = _experts_attention(("q", "v"))
     hw = (7, 7)
-    monkeypatch.setattr(variant_attention, "INFERENCE_CHUNK_BYTES", pairs_per_chunk * 49 * 49 * 4)
     x = torch.randn(3, 49, 96)
     with torch.no_grad():
         reference = torch.stack([_per_variant(attn, q, k, v, hw) for q, k, v in zip(*qkv.variants(x))])
-        out = low_rank_variants_attention(attn, *qkv.factored_variants(x), hw)
+        out = low_rank_variants_attention(attn, *qkv.factored_variants(x), hw, chunk_bytes=pairs_per_chunk * 49 * 49 * 4)
     assert torch.allclose(out, reference, atol=ATOL), (out - reference).abs().max()
+
+
+def _experts_attention(targets: tuple[str, ...]) -> tuple[Attention, ExpertsQKV]:
+    """A 96-wide, 3-head SAM attention on 7 x 7 tokens with non-zero relative positions, and three rank-2
+    experts on `targets` with non-zero B (both start at zero in SAM and LoRA)."""
+    torch.manual_seed(0)
+    attn = Attention(96, num_heads=3, use_rel_pos=True, input_size=(7, 7))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(0, 0.3)
+        attn.rel_pos_w.normal_(0, 0.3)
+    qkv = ExpertsQKV(attn.qkv, ["a", "b", "c"], rank=2, targets=targets)
+    with torch.no_grad():
+        qkv.expert_b.normal_(0, 0.3)
+    return attn, qkv
 
 
 def _per_variant(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

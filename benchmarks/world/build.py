@@ -68,6 +68,11 @@ def mini_sam_file(root: Path) -> Path:
     return root / "mini_sam" / mini_sam.SAFETENSORS
 
 
+def teacher_file(root: Path, teacher: str) -> Path:
+    """The world at ROOT's mini-teacher `teacher` (simclrv2 or mae) in its official layout."""
+    return root / "teachers" / f"{teachers.TEACHERS[teacher][1]}.pth"
+
+
 def stage1_folder(root: Path, target: str) -> Path:
     """The run folder of the world at ROOT's stage 1 on `target` (its experts, its resolved recipe)."""
     return root / f"stage1_{target}"
@@ -77,8 +82,8 @@ def stage1_overrides(root: Path, scale: Scale, target: str) -> list[str]:
     """The stage-1 recipe pointed at ROOT's mini-SAM and teachers, its run in ROOT/stage1_<target>."""
     return [f"run.output_dir={stage1_folder(root, target)}",
             f"backbone.checkpoint={mini_sam_file(root)}",
-            f"experts.0.teacher.checkpoint={root / 'teachers' / 'simclrv2_mini.pth'}",
-            f"experts.1.teacher.checkpoint={root / 'teachers' / 'mae_mini.pth'}", *scale.stage1]
+            f"experts.0.teacher.checkpoint={teacher_file(root, 'simclrv2')}",
+            f"experts.1.teacher.checkpoint={teacher_file(root, 'mae')}", *scale.stage1]
 
 
 class World:
@@ -169,8 +174,7 @@ def build_world(root: Path, scale: Scale, targets: list[str], device: str = "aut
     for target in targets:
         recipe = RECIPES / f"stage1_{target}.toml"
         overrides = [*stage1_overrides(root, scale, target), f"run.device={device}"]
-        files = {"mini_sam": mini_sam_file(root),
-                 "simclrv2": root / "teachers" / "simclrv2_mini.pth", "mae": root / "teachers" / "mae_mini.pth"}
+        files = {"mini_sam": mini_sam_file(root), **{name: teacher_file(root, name) for name in ("simclrv2", "mae")}}
 
         def stage1(folder: Path, recipe=recipe, overrides=overrides) -> dict:
             run(recipe, overrides, False, ["benchmarks/world/build.py", str(recipe)])

@@ -120,7 +120,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
-    return torch.matmul(F.dropout(logits.softmax(dim=-1), dropout) if dropout else logits.softmax(dim=-1), v)
+    probs = logits.softmax(dim=-1)
+    return torch.matmul(F.dropout(probs, dropout) if dropout else probs, v)
 
 
 def fused_kernel_pays(like: torch.Tensor, length: int, needs_grad: bool) -> bool:

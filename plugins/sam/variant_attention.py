@@ -46,14 +46,16 @@ def variants_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: tor
 
 
 def low_rank_variants_attention(attn: Attention, q0: torch.Tensor, u: torch.Tensor, b: torch.Tensor,
-                                k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+                                k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int],
+                                chunk_bytes: int = INFERENCE_CHUNK_BYTES) -> torch.Tensor:
     """`variants_attention` with explicit logits, for experts that change q by a rank-r term and leave k
     frozen: expert e's q is q0 + u_e b_e^T, so its logits are the frozen logits S_0 plus u_e (b_e^T k^T) per
     head (and the relative-position term of u_e b_e^T). S_0 is computed once; each expert adds an L x r x L
     product instead of an L x head_dim x L one, and is taken through softmax and the values on its own, so no
     K x L x L tensor is ever built. The relative-position terms ride in the matmuls as extra columns
     (rel_pos_attention.py). q0: n, L, C; u: E, n, L, r; b: E, C, r; k: 1, n, L, C; v: V or 1, n, L, C
-    -> V = E + 1, n, L, C before `attn.proj` (variant 0 the frozen path)."""
+    -> V = E + 1, n, L, C before `attn.proj` (variant 0 the frozen path). Without a gradient, (image, head)
+    pairs run in chunks whose logits take about `chunk_bytes`."""
     experts, n, length, rank = u.shape
     dim = q0.shape[-1]
     heads = attn.num_heads
@@ -82,7 +84,7 @@ def low_rank_variants_attention(attn: Attention, q0: torch.Tensor, u: torch.Tens
         out = torch.stack([torch.bmm(probs, value) for probs, value in _probabilities(lhs0, rhs0, lhs, rhs, values)])
     else:  # inference: a cache-sized chunk of (image, head) pairs at a time (docs/benchmarks.md, issue 9)
         out = q0.new_empty(experts + 1, n * heads, length, hd)
-        step = max(1, INFERENCE_CHUNK_BYTES // (length * length * q0.element_size()))
+        step = max(1, chunk_bytes // (length * length * q0.element_size()))
         for s in range(0, n * heads, step):
             part = slice(s, s + step)
             chunk = _probabilities(lhs0[part], rhs0[part], [t[part] for t in lhs], [t[part] for t in rhs],
