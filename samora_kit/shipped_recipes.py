@@ -1,14 +1,20 @@
 """`samora-kit recipes ls` and `samora-kit recipes cp NAME DEST`: the recipes that ship with the
 package (the data package `samora_kit.recipes`, a clone's recipes/ folder), as torchtune's `tune ls`
-and `tune cp`. A copy takes along every recipe the named one refers to, so it runs where it lands."""
+and `tune cp`. A copy takes along every recipe the named one refers to, and each path it names outside
+them (data, split files, checkpoints) becomes the absolute path it named, or is reported with the key to
+edit where nothing is there, so the copy runs where it lands."""
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 import os
+import re
 import shutil
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from rich.markup import escape
 
@@ -16,6 +22,8 @@ from .errors import SamoraError
 
 # where a recipe names other recipe files, each path relative to the recipe that names it
 REFERENCE_KEYS = ("base", "pretrain.recipe", "compare.recipes")
+# a full stop, ! or ? that ends a sentence: followed by a space or the end, not closing "e.g." and the like
+SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)(?<!\bvs)[.!?](?=\s|$)")
 
 
 def recipes_root() -> Path:
@@ -24,17 +32,25 @@ def recipes_root() -> Path:
 
 
 def shipped_recipes(root: Path) -> dict[str, str]:
-    """Each recipe's path relative to `root` -> its first comment line; the top folder's first."""
+    """Each recipe's path relative to `root` -> its description; the top folder's first."""
     paths = sorted(root.rglob("*.toml"), key=lambda p: (p.parent != root, p.relative_to(root).as_posix()))
     return {p.relative_to(root).as_posix(): description(p) for p in paths}
 
 
 def description(path: Path) -> str:
-    """The first line of the comment a recipe opens with ("" when it opens with a key)."""
+    """The first sentence of the comment a recipe opens with, over as many lines as it takes (its first
+    paragraph when no sentence ends there; "" when the recipe opens with a key)."""
+    words: list[str] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            return line.strip().lstrip("#").strip() if line.lstrip().startswith("#") else ""
-    return ""
+        text = line.strip()
+        if not text and not words:
+            continue
+        if not text.startswith("#") or not text.lstrip("#").strip():  # a key, or the paragraph's end
+            break
+        words.append(text.lstrip("#").strip())
+    paragraph = " ".join(words)
+    end = SENTENCE_END.search(paragraph)
+    return paragraph[:end.end()] if end else paragraph
 
 
 def find_recipe(name: str, root: Path) -> Path:
@@ -84,8 +100,20 @@ def with_references(path: Path, root: Path) -> list[Path]:
     return order
 
 
-def copy_recipe(name: str, dest: Path, force: bool = False, root: Path | None = None) -> list[Path]:
-    """Copy recipe `name` and the recipes it refers to, keeping their layout; return the files written.
+@dataclass
+class CopiedRecipes:
+    """What `recipes cp` did: the files it wrote, the paths it made absolute, and what is left to edit."""
+
+    written: list[Path]  # the named recipe's new file first
+    rewritten: list[str] = field(default_factory=list)  # "file: key = 'absolute path' (was 'relative path')"
+    to_edit: list[str] = field(default_factory=list)  # "file: key = 'path': ...; edit key", one per path
+
+
+def copy_recipe(name: str, dest: Path, force: bool = False, root: Path | None = None) -> CopiedRecipes:
+    """Copy recipe `name` and the recipes it refers to, keeping their layout. A relative path that names
+    something outside the copied recipes is written as the absolute path it named, or, when nothing is
+    there, left as it is and reported with its key; a run folder that would land outside the copy is
+    reported too.
 
     `dest` is a folder (created when missing) or, ending in .toml, the named recipe's new file name."""
     root = (root or recipes_root()).resolve()
@@ -104,10 +132,81 @@ def copy_recipe(name: str, dest: Path, force: bool = False, root: Path | None = 
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise SamoraError(f"refusing to overwrite {', '.join(existing)}: pass --force to replace")
-    for source, target in zip(files, targets):
+    copied = CopiedRecipes(targets)
+    landing = Path(os.path.commonpath([t.parent.resolve() for t in targets]))  # what the copy fills
+    texts = [_moved_text(source, target, files, root, landing, copied) for source, target in zip(files, targets)]
+    for source, target, text in zip(files, targets, texts):
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    return targets
+        if text is None:
+            shutil.copyfile(source, target)
+        else:
+            target.write_text(text, encoding="utf-8")
+    return copied
+
+
+def _moved_text(source: Path, target: Path, files: list[Path], root: Path, landing: Path,
+                copied: CopiedRecipes) -> str | None:
+    """The text `source` is written with at `target` in the folder `landing` (None: unchanged), noting in
+    `copied` what changed or is left to edit."""
+    from .checks import OUTPUTS  # imports torch, as the plugins do: only when copying
+
+    where = source.relative_to(root).as_posix()
+    values: dict[tuple, str] = {}
+    for keys, written, named in relative_paths(source):
+        key = ".".join(map(str, keys))
+        if named in files:  # a recipe copied along
+            continue
+        if key in OUTPUTS:
+            lands = (target.parent / written).resolve()
+            if not lands.is_relative_to(landing):
+                copied.to_edit.append(f"{where}: {key} = {written!r} puts the run outside the copy, in {lands}; "
+                                      f"edit {key} to choose another folder")
+        elif named.exists():
+            values[keys] = str(named)
+            copied.rewritten.append(f"{where}: {key} = {str(named)!r} (was {written!r})")
+        else:
+            copied.to_edit.append(f"{where}: {key} = {written!r} names {named}, which does not exist; edit {key}")
+    return _with_values(source.read_text(encoding="utf-8"), values) if values else None
+
+
+def relative_paths(path: Path) -> Iterator[tuple[tuple, str, Path]]:
+    """(key path, value as written, the absolute path it names) of each relative path the recipe file
+    `path` writes itself (its base's are the base's): the values the recipe schema types as paths."""
+    from .plugins import default_registry  # imports torch: the installed plugins' configs name paths too
+    from .recipe import _models_for, _read_with_bases
+    from .recipe_paths import resolve_paths
+
+    registry = default_registry()
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    base = raw.pop("base", None)
+    below = _read_with_bases((path.parent / base).resolve(), [], registry) if isinstance(base, str) else {}
+    resolved = copy.deepcopy(raw)
+    resolve_paths(resolved, path.parent, _models_for({**below, **raw}, registry), below or None)
+    yield from _changed(raw, resolved, ())
+
+
+def _changed(written, resolved, keys: tuple) -> Iterator[tuple[tuple, str, Path]]:
+    if isinstance(written, dict):
+        for key, value in written.items():
+            yield from _changed(value, resolved[key], (*keys, key))
+    elif isinstance(written, list):
+        for i, value in enumerate(written):
+            yield from _changed(value, resolved[i], (*keys, i))
+    elif isinstance(written, str) and resolved != written and not Path(written).expanduser().is_absolute():
+        yield keys, written, Path(resolved)
+
+
+def _with_values(text: str, values: dict[tuple, str]) -> str:
+    """The TOML `text` with the value at each key path replaced, its comments and layout kept."""
+    import tomlkit
+
+    document = tomlkit.parse(text)
+    for keys, value in values.items():
+        table = document
+        for key in keys[:-1]:
+            table = table[key]
+        table[keys[-1]] = value
+    return tomlkit.dumps(document)
 
 
 def add_recipes_command(sub) -> None:
@@ -116,7 +215,8 @@ def add_recipes_command(sub) -> None:
     action = recipes.add_subparsers(dest="action", required=True)
     action.add_parser("ls", help="each shipped recipe and what it does").set_defaults(func=_ls)
     cp = action.add_parser("cp", help="copy a shipped recipe and the recipes it refers to (base, [pretrain] "
-                                      "recipe, [compare] recipes), keeping their layout")
+                                      "recipe, [compare] recipes), keeping their layout; paths to data and "
+                                      "checkpoints become absolute, and those naming nothing are listed")
     cp.add_argument("name", help="as `recipes ls` shows it, with or without .toml: samed, fewshot/hippocampus_samora")
     cp.add_argument("dest", type=Path, help="a folder (created when missing), or a .toml file name for the recipe")
     cp.add_argument("--force", action="store_true", help="overwrite files that exist")
@@ -132,7 +232,12 @@ def _ls(args, console):
 
 
 def _cp(args, console):
-    written = copy_recipe(args.name, args.dest, args.force)
-    for path in written:
-        console.print(f"wrote {escape(str(path))}", soft_wrap=True, highlight=False)
-    console.print(f"run it with: samora-kit run {escape(str(written[0]))}", soft_wrap=True, highlight=False)
+    copied = copy_recipe(args.name, args.dest, args.force)
+    lines = [f"wrote {path}" for path in copied.written]
+    lines += ["paths made absolute (the copy reads what the shipped recipe read):"] * bool(copied.rewritten)
+    lines += [f"  {line}" for line in copied.rewritten]
+    lines += [f"edit before running (samora-kit validate {copied.written[0]} checks it):"] * bool(copied.to_edit)
+    lines += [f"  {line}" for line in copied.to_edit]
+    lines.append(f"run it with: samora-kit run {copied.written[0]}")
+    for line in lines:
+        console.print(escape(line), soft_wrap=True, highlight=False)

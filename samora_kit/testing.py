@@ -13,18 +13,25 @@ raises ConformanceError naming the kind, the name, the plugin and what broke.
 
 What each kind must do (a tiny context stands in for the core's):
 - every kind: its `example` validates against its config model and its factory has the kind's signature;
-- backbone: B,3,S,S in [0, 1] -> B,C,g,g (g = S / 16) or a FeaturePyramid; gradients reach every
+- backbone: B,3,S,S in [0, 1] -> B,C,g,g (g = S / embed_stride) or a FeaturePyramid; gradients reach every
   trainable parameter and `trainable_state_dict` holds them all; a PretrainableBackbone's tokens and
   block outputs have the widths it declares; an ExpertPackSource writes a pack;
-- decoder (num_classes = 2, on the first backbone it accepts): eval logits B,3,4g,4g (or S,S), and the
+- decoder (num_classes = 2, on the first backbone it accepts of each embedding stride, 16 and 4 among the
+  built-ins): eval logits B,3,4g,4g (or S,S), and the
   training objective the core would use (its own DecoderObjective, else Dice + CE) gives a finite loss
-  whose gradient reaches the decoder;
-- pretext (on the first backbone it accepts, without a teacher unless it refuses one): a dict with a
-  finite scalar `loss` whose gradient reaches the backbone's trainable parameters (the LoRA an expert pack saves);
+  whose gradient reaches every trainable parameter of the decoder;
+- pretext (on the first backbone it accepts of each stride, without a teacher unless it refuses one): a dict with a
+  finite scalar `loss` whose gradient reaches the backbone's trainable parameters (the LoRA an expert pack
+  saves) and every trainable parameter of the task;
 - teacher: frozen and in eval mode once built, images -> a finite tensor; a ContinualPretraining teacher
   trains, saves, reloads and is frozen again;
 - fuser (dim 96, 3 heads, experts pixel/patch/image: the tiny SAM's blocks): K,N,L,C deltas -> N,L,C,
-  `valid` accepted and padded tokens never reach real ones; or, with `merges_lora`, K mixing weights;
+  `valid` accepted and padded tokens never reach real ones, the gradient of the output reaches every
+  trainable parameter (after fold_projection too); or, with `merges_lora`, K mixing weights that every
+  trainable parameter moves.
+"Reaches every trainable parameter": each gets a finite gradient, some non-zero as built, and each a non-zero
+one once every all-zero parameter is moved off zero (a gate or LoRA B that starts at zero blocks what lies
+behind it at init, by design; a parameter that is unused, detached or multiplied by zero fails);
 - dataset: `cases("train")` ids load as Volumes with images in [0, 1] and labels in 0..num_classes,
   `class_names` matches `num_classes`, an UnlabelledSource gives 3,S,S slices in an EpochAware Dataset.
   An example whose data is not on disk is skipped, naming the missing path;
@@ -209,23 +216,30 @@ def _backbone_candidates(registry: Registry, choice: BackboneChoice) -> list[tup
     return [(f"backbone {s.name!r}", lambda s=s: s.build(s.example)) for s in specs]
 
 
-def _first_accepted(check: Check, build: Callable[[Any], Any]) -> tuple[Any, Any, str]:
-    """(backbone, component, backbone label) for the first candidate backbone the component's factory
-    accepts; a SamoraError from the factory means "not this backbone"."""
-    refusals = []
+def _accepted_per_stride(check: Check, build: Callable[[Any], Any]) -> list[tuple[Any, Any, str]]:
+    """(backbone, component, backbone label) for the first candidate backbone the component's factory accepts
+    of each embedding stride (SAM's 16, LiteMedSAM's 4, ...); a SamoraError from the factory means "not this
+    backbone"."""
+    refusals, accepted, strides = [], [], set()
     for label, make in check.backbones:
         try:
             backbone = make()
         except SamoraError as exc:  # e.g. its optional library is missing
             refusals.append(f"{label} could not be built: {exc}")
             continue
+        stride = getattr(backbone, "embed_stride", None)
+        if stride in strides:
+            continue
         try:
-            return backbone, build(backbone), label
+            accepted.append((backbone, build(backbone), f"{label} (stride {stride})"))
+            strides.add(stride)
         except SamoraError as exc:
             refusals.append(f"{label}: {exc}")
         except Exception as exc:
             check.fail(f"the factory raised {type(exc).__name__} on {label}: {exc}")
-    check.fail("no registered backbone was accepted: " + ("; ".join(refusals) or "none is registered"))
+    if not accepted:
+        check.fail("no registered backbone was accepted: " + ("; ".join(refusals) or "none is registered"))
+    return accepted
 
 
 def _images(size: int, batch: int = BATCH) -> torch.Tensor:
@@ -248,12 +262,12 @@ def _shape(x) -> str:
 
 def check_backbone(check: Check, config: BaseModel) -> None:
     backbone = check.build(config)
-    missing = [m for m in ("image_size", "embed_channels", "embed_grid", "checkpoint_path", "trainable_state_dict")
-               if not hasattr(backbone, m)]
+    missing = [m for m in ("image_size", "embed_channels", "embed_grid", "embed_stride", "checkpoint_path",
+                           "trainable_state_dict") if not hasattr(backbone, m)]
     check.expect(isinstance(backbone, Backbone), f"lacks {', '.join(missing) or '__call__'} "
                                                  "(samora_kit.interfaces.Backbone)")
-    size, c, g = backbone.image_size, backbone.embed_channels, backbone.embed_grid
-    check.expect(g == size // 16, f"embed_grid is {g} for {size}-px images; expected image_size / 16 = {size // 16}")
+    size, c, g, stride = backbone.image_size, backbone.embed_channels, backbone.embed_grid, backbone.embed_stride
+    check.expect(g * stride == size, f"embed_grid {g} x embed_stride {stride} is not the image size {size}")
     images = _images(size)
     with check.doing(f"forward on images {tuple(images.shape)}"):
         out = backbone(images)
@@ -313,8 +327,12 @@ def _check_pretrainable(check: Check, backbone, images: torch.Tensor) -> None:
 
 
 def check_decoder(check: Check, config: BaseModel) -> None:
-    backbone, decoder, where = _first_accepted(
-        check, lambda b: check.spec.build(config, backbone=b, num_classes=NUM_CLASSES))
+    for backbone, decoder, where in _accepted_per_stride(
+            check, lambda b: check.spec.build(config, backbone=b, num_classes=NUM_CLASSES)):
+        _check_decoder_on(check, backbone, decoder, where)
+
+
+def _check_decoder_on(check: Check, backbone, decoder, where: str) -> None:
     check.expect(isinstance(decoder, Decoder) and decoder.num_classes == NUM_CLASSES,
                  f"num_classes is {getattr(decoder, 'num_classes', 'missing')}; expected the {NUM_CLASSES} it was "
                  "built for (samora_kit.interfaces.Decoder)")
@@ -343,15 +361,50 @@ def check_decoder(check: Check, config: BaseModel) -> None:
 
 
 def _check_loss_reaches(check: Check, run: Callable[[], Any], what: str, params: dict[str, nn.Parameter],
-                        whose: str) -> None:
-    """`run()` gives a dict with a finite scalar `loss` whose gradient reaches some of `params`."""
-    with check.doing(what):
-        out = run()
-    loss = _loss_of(check, out, what)
-    with check.doing(f"backward from the loss of {what}"):
-        loss.backward()
+                        whose: str, every: bool = True) -> None:
+    """`run()` gives a dict with a finite scalar `loss` whose gradient reaches some of `params` as built and,
+    with `every`, each of them (`_check_every_parameter_learns`)."""
+
+    def loss() -> torch.Tensor:
+        with check.doing(what):
+            out = run()
+        return _loss_of(check, out, what)
+
+    _backward(check, loss(), f"the loss of {what}")
     check.expect(bool(_reached(params)), f"the loss's gradient reaches none of the {len(params)} trainable "
                                          f"parameter(s) of {whose}")
+    if every:
+        _check_every_parameter_learns(check, loss, params, whose)
+
+
+def _backward(check: Check, loss: torch.Tensor, what: str) -> None:
+    with check.doing(f"backward from {what}"):
+        loss.backward()
+
+
+def _check_every_parameter_learns(check: Check, loss: Callable[[], torch.Tensor], params: dict[str, nn.Parameter],
+                                  whose: str) -> None:
+    """After one backward from `loss()`: every parameter in `params` has a finite gradient, and a non-zero
+    one once every all-zero parameter is moved off zero (a zero gate or LoRA B blocks the gradient of what
+    lies behind it at init, by design; a parameter the loss does not depend on gets none anywhere)."""
+    unused = [n for n, p in params.items() if p.grad is None]
+    check.expect(not unused, f"no gradient reaches trainable parameter(s) {_names(unused)} of {whose}: they would "
+                             "never learn (unused, or detached from the loss); use them or set requires_grad = False")
+    broken = [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
+    check.expect(not broken, f"the gradient of trainable parameter(s) {_names(broken)} of {whose} is not finite")
+    with torch.no_grad():
+        for p in params.values():
+            p.grad = None
+            if not p.any():
+                p.normal_(std=0.02)
+    _backward(check, loss(), "the loss, with the zero-initialised parameters moved off zero")
+    stuck = [n for n, p in params.items() if p.grad is None or not p.grad.any()]
+    check.expect(not stuck, f"trainable parameter(s) {_names(stuck)} of {whose} get a zero gradient, even with every "
+                            "zero-initialised parameter moved off zero: the loss does not depend on them")
+
+
+def _names(names: list[str]) -> str:
+    return f"{names[:4]}" + (f" (and {len(names) - 4} more)" if len(names) > 4 else "")
 
 
 def _loss_of(check: Check, out, what: str) -> torch.Tensor:
@@ -379,16 +432,29 @@ def check_pretext(check: Check, config: BaseModel) -> None:
                     continue
             raise no_teacher
 
-    backbone, task, where = _first_accepted(check, build)
+    for backbone, task, where in _accepted_per_stride(check, build):
+        _check_pretext_on(check, backbone, task, where)
+
+
+def _check_pretext_on(check: Check, backbone, task, where: str) -> None:
     check.expect(isinstance(task, PretextTask), f"built a {type(task).__name__}, which is not callable")
     if isinstance(task, nn.Module):
         task.train()
     images = _images(backbone.image_size)
     _check_loss_reaches(check, lambda: task(images), f"forward on {where} with images B,3,S,S in [0, 1]",
-                        _trainable(backbone), f"{where}: the expert it trains would be saved unchanged")
+                        _trainable(backbone), f"{where}: the expert it trains would be saved unchanged", every=False)
+    params = {**{f"backbone.{n}": p for n, p in _trainable(backbone).items()},  # the task may hold it elsewhere
+              **(_trainable(task) if isinstance(task, nn.Module) else {})}
+    _check_loss_reaches(check, lambda: task(images), f"forward on {where} with images B,3,S,S in [0, 1]",
+                        _deduplicated(params), "the task (its heads and the backbone's trainable parameters)")
     teacher = getattr(task, "teacher", None)
     if isinstance(teacher, nn.Module):
         _check_frozen(check, teacher, "its teacher, after task.train(),")
+
+
+def _deduplicated(params: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
+    """Each parameter once, under its last name."""
+    return {n: p for p, n in {p: n for n, p in params.items()}.items()}
 
 
 def _check_frozen(check: Check, module: nn.Module, what: str) -> None:
@@ -414,7 +480,7 @@ def check_teacher(check: Check, config: BaseModel) -> None:
     with check.doing("cpt_objective()"):
         objective = teacher.cpt_objective()
     _check_loss_reaches(check, lambda: objective(images), "cpt_objective()(images)", _trainable(objective),
-                        "the continual pre-training objective")
+                        "the continual pre-training objective", every=False)
     with check.doing("cpt_tensors(), then load_cpt()"):
         tensors = teacher.cpt_tensors()
         check.expect(isinstance(tensors, dict) and all(isinstance(v, torch.Tensor) for v in tensors.values()),
@@ -436,6 +502,11 @@ def check_fuser(check: Check, config: BaseModel) -> None:
             weights = fuser.mixing_weights()
         check.expect(_shape(weights) == str((k,)) and weights.requires_grad,
                      f"mixing_weights() gave {_shape(weights)}; expected {k} trainable weights")
+        params = _trainable(fuser) if isinstance(fuser, nn.Module) else {}
+        if params:
+            scale = torch.randn(k)
+            _backward(check, (weights * scale).sum(), "the mixing weights")
+            _check_every_parameter_learns(check, lambda: (fuser.mixing_weights() * scale).sum(), params, "the fuser")
         return
     deltas = torch.randn(k, BATCH, 6, dim)  # K, N, L, C
     valid = torch.ones(BATCH, 6, dtype=torch.bool)
@@ -457,11 +528,7 @@ def check_fuser(check: Check, config: BaseModel) -> None:
                  "padded tokens (valid = False) change the fused output of real tokens")
     if isinstance(fuser, nn.Module):
         fuser.train()
-    params = _trainable(fuser) if isinstance(fuser, nn.Module) else {}
-    if params:
-        with check.doing("backward"):
-            (fuser(deltas, valid=valid) * torch.randn(BATCH, 6, dim)).sum().backward()
-        check.expect(bool(_reached(params)), f"no gradient reaches its {len(params)} trainable parameter(s)")
+    _check_fuser_learns(check, fuser, deltas, valid, "")
     if callable(getattr(fuser, "fold_projection", None)):
         check.expect(isinstance(getattr(fuser, "output_before_projection", None), bool),
                      "has fold_projection() but no boolean attribute output_before_projection")
@@ -470,6 +537,25 @@ def check_fuser(check: Check, config: BaseModel) -> None:
             folded.fold_projection(torch.randn(dim, dim) / dim ** 0.5)
             out = folded(deltas, valid=valid)
         check.expect(_shape(out) == str((BATCH, 6, dim)), f"after fold_projection, forward gave {_shape(out)}")
+        _check_fuser_learns(check, folded, deltas, valid, " after fold_projection")
+
+
+def _check_fuser_learns(check: Check, fuser, deltas: torch.Tensor, valid: torch.Tensor, when: str) -> None:
+    """In training mode, the gradient of a loss on the fused output reaches the fuser's parameters as built,
+    and every one of them (`_check_every_parameter_learns`)."""
+    params = _trainable(fuser) if isinstance(fuser, nn.Module) else {}
+    if not params:
+        return
+    fuser.train()
+    weights = torch.randn(BATCH, deltas.shape[2], deltas.shape[3])  # N, L, C
+
+    def loss() -> torch.Tensor:
+        with check.doing(f"forward in training mode{when}"):
+            return (fuser(deltas, valid=valid) * weights).sum()
+
+    _backward(check, loss(), f"the fused output{when}")
+    check.expect(bool(_reached(params)), f"no gradient reaches its {len(params)} trainable parameter(s){when}")
+    _check_every_parameter_learns(check, loss, params, f"the fuser{when}")
 
 
 def check_dataset(check: Check, config: BaseModel) -> None:

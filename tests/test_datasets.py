@@ -363,6 +363,21 @@ def test_mr_percentiles_are_per_volume():
     assert not normalise(np.full((2, 2, 2), 5.0), IntensityConfig(mode="mr")).any()  # constant volume -> 0
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7), (4, 64, 64), (70, 128, 128)])  # the last: past torch.quantile's size
+def test_intensity_scaling_is_monais_bit_for_bit(shape):
+    from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    volume = (rng.standard_normal(shape) * 200 + 50).astype(np.float32)
+    ct, mr = IntensityConfig(mode="ct"), IntensityConfig(mode="mr")
+    monai_ct = ScaleIntensityRange(*ct.ct_window, b_min=0.0, b_max=1.0, clip=True)(volume)
+    monai_mr = ScaleIntensityRangePercentiles(*mr.percentiles, b_min=0.0, b_max=1.0, clip=True)(volume)
+    for ours, theirs in ((normalise(volume, ct), monai_ct), (normalise(volume[::-1], mr)[::-1], monai_mr)):
+        theirs = np.asarray(theirs, dtype=np.float32)
+        assert ours.dtype == np.float32 and ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))  # -0.0 and 0.0 told apart
+
+
 def test_auto_mode_reads_the_modality():
     hounsfield = np.linspace(-1000, 1000, 101)
     config = IntensityConfig()

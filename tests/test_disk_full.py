@@ -4,7 +4,9 @@ nothing lost (the previous file stays, no temporary file is left, `--resume` sti
 from __future__ import annotations
 
 import errno
+import json
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -69,39 +71,63 @@ def test_a_full_disk_at_a_run_file_is_one_message_and_loses_nothing(recipe, tmp_
         assert code == 0, err
 
 
-def test_a_full_disk_at_the_metrics_log_is_one_message(recipe, capsys, monkeypatch):
-    class FullFile:
-        def __init__(self, handle):
-            self.handle = handle
+def _fill_disk_when_appending(monkeypatch, name: str, free: int) -> None:
+    """Appends to files whose name starts with `name` find `free` bytes left: the write that reaches
+    the end writes what fits (as the kernel does), the next fails with ENOSPC."""
+    real_write, left = os.write, [free]
 
-        def write(self, text):
+    def write(fd: int, data) -> int:
+        if not Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(name):
+            return real_write(fd, data)
+        if left[0] == 0:
             raise FULL
+        written = real_write(fd, bytes(data[:left[0]]))
+        left[0] -= written
+        return written
 
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
+    monkeypatch.setattr(progress.os, "write", write)
 
-    real_init = progress.MetricsLog.__init__
 
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        if self.enabled:
-            self._fh = FullFile(self._fh)
+def _whole_records(path: Path) -> int:
+    """How many TFRecords the event file holds; fails on a torn one."""
+    data, at, count = path.read_bytes(), 0, 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        at += 8 + 4 + length + 4
+        assert at <= len(data), f"{path}: a torn record at byte {at}"
+        count += 1
+    return count
 
-    monkeypatch.setattr(progress.MetricsLog, "__init__", init)
+
+def test_a_full_disk_at_the_metrics_log_is_one_line_naming_the_file_and_leaves_no_torn_line(recipe, tmp_path,
+                                                                                             capsys, monkeypatch):
+    _fill_disk_when_appending(monkeypatch, "metrics.jsonl", free=500)  # two and a half lines
+    code, err = _run(capsys, "run", recipe)
+    path = tmp_path / "run" / "metrics.jsonl"
+    assert code == 1 and "Traceback" not in err and "Exception in thread" not in err
+    assert f"{path}: cannot be written (no space left on device: free some disk space, or write elsewhere)" in err
+    text = path.read_text()
+    assert text.endswith("\n") and [json.loads(line)["step"] for line in text.splitlines()] == [1, 2]
+
+
+def test_full_disk_at_tensorboard_is_one_line_naming_the_file(recipe, tmp_path, capsys, monkeypatch):
+    _fill_disk_when_appending(monkeypatch, "events.out.tfevents", free=500)  # its head, two steps and half a third
+    code, err = _run(capsys, "run", recipe)
+    assert code == 1 and "Traceback" not in err and "Exception in thread" not in err
+    (events,) = (tmp_path / "run" / "tensorboard").iterdir()
+    assert f"{events}: cannot be written (no space left on device: free some disk space, or write elsewhere)" in err
+    assert _whole_records(events) == 2 + 2  # the head (version, purge step) and steps 1 and 2, no torn record
+    monkeypatch.undo()
+    code, err = _run(capsys, "run", recipe, "--resume")  # the last checkpoint is kept: the run goes on
+    assert code == 0, err
+
+
+def test_a_full_disk_at_the_run_lock_names_it_and_leaves_no_folder(recipe, tmp_path, capsys, monkeypatch):
+    _fill_disk_when_appending(monkeypatch, "run.lock", free=0)
     code, err = _run(capsys, "run", recipe)
     assert code == 1 and "Traceback" not in err
-    assert "metrics.jsonl / tensorboard cannot be written (no space left on device" in err
-
-
-def test_a_full_disk_at_tensorboard_is_one_message(recipe, capsys, monkeypatch):
-    from torch.utils.tensorboard import SummaryWriter
-
-    def add_scalar(*args, **kwargs):
-        raise FULL
-
-    monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar)
-    code, err = _run(capsys, "run", recipe)
-    assert code == 1 and "metrics.jsonl / tensorboard cannot be written" in err
+    assert f"{tmp_path / 'run' / 'run.lock'}: cannot be written (no space left on device" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_full_disk_at_a_prediction_names_it(recipe, tmp_path, capsys, monkeypatch):
@@ -115,7 +141,8 @@ def test_a_full_disk_at_a_prediction_names_it(recipe, tmp_path, capsys, monkeypa
     assert not list((tmp_path / "preds").glob("*"))
 
 
-def test_debug_shows_the_traceback(recipe, capsys, monkeypatch):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(recipe, capsys, monkeypatch):
     _fill_disk_when_writing(monkeypatch, "weights.safetensors")
-    with pytest.raises(Exception, match="weights.safetensors: cannot be written"):
-        main(["--debug", "run", str(recipe)])
+    code, err = _run(capsys, "--debug", "run", recipe)
+    assert code == 1
+    assert "Traceback" in err and "weights.safetensors: cannot be written" in err

@@ -1,14 +1,21 @@
-"""The core's layout: no core module imports a plugin, and the core's imports (late ones inside
-functions included) form no circle."""
+"""The core's layout: no core module imports a plugin, the core's imports (late ones inside
+functions included) form no circle, and loading the plugins imports no model library."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "samora_kit"
+# what a component's build imports (seconds each, with torchvision and torch._dynamo behind segment_anything);
+# `samora-kit --help`, `plugins` and `validate` before the backbone is built must import none of them
+HEAVY = ("monai", "segment_anything", "sam2", "timm", "torchvision", "nibabel", "scipy", "matplotlib", "tensorboard",
+         "h5py", "omegaconf", "sklearn")
 
 
 def core_imports() -> dict[str, set[str]]:
@@ -61,3 +68,21 @@ def test_the_core_imports_form_no_circle():
     for module in sorted(modules):
         if module not in state:
             visit(module, [])
+
+
+
+def test_loading_every_plugin_imports_no_model_library():
+    # a fresh interpreter: this test session has imported them all long ago
+    script = ("import json, sys\n"
+              "from samora_kit.cli import main\n"
+              "import samora_kit.checks, samora_kit.recipe, samora_kit.train.plan  # what validate imports\n"
+              "main(['plugins', '--json'])\n"
+              "from samora_kit.plugins import default_plugins\n"
+              "loaded = default_plugins()\n"
+              "print(json.dumps({'plugins': sorted(loaded.sources), 'failed': [f.name for f in loaded.failures],\n"
+              "                  'modules': sorted({m.split('.')[0] for m in sys.modules})}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=CORE.parent)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not found["failed"] and {"sam", "samed", "hsam", "unet", "datasets", "pretext"} <= set(found["plugins"])
+    assert not set(HEAVY) & set(found["modules"]), "imported while loading the plugins"

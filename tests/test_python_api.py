@@ -20,3 +20,4 @@ def test_python_api_page_runs_as_written(monkeypatch, capsys):
     assert "torch.Size([4, 64, 64])" in out and "torch.Size([2, 3, 16, 16])" in out
     assert "torch.Size([2, 32, 4, 4]) [16, 8]" in out  # the SAM2 pyramid
     assert "gated_sum" in namespace["registry"].names("fuser")
+    assert "\nmy-lab\n" in out  # credited as asked, not to the plugin whose hook ran last

@@ -1,3 +1,5 @@
+import importlib.metadata as md
+
 import pytest
 import torch
 
@@ -96,3 +98,27 @@ def test_failing_plugin_is_reported_by_name_and_the_rest_still_loads():
     assert "cannot find libfoo" in failed["BrokenPlugin"]
     assert "registered twice" in failed["DuplicatingPlugin"]
     assert "sam" in loaded.registry.names("backbone")
+
+
+class SourceClaimingPlugin:
+    @hookimpl
+    def samora_kit_register(self, registry):
+        registry.add("teacher", "claimed", ToyConfig, build_toy, source="someone else")
+
+
+def test_add_outside_a_hook_credits_the_calling_package_or_the_source_it_is_given():
+    loaded = load_plugins(extra=[SourceClaimingPlugin()])
+    registry = loaded.registry  # every hook has run: none of the plugins is credited with what follows
+    assert registry.get("teacher", "claimed").source == "SourceClaimingPlugin (<registered in process>)"  # a hook's
+    own = registry.add("teacher", "own", ToyConfig, build_toy)
+    assert own.source == "tests.test_registry (<registered in process>)"  # no distribution holds tests/
+    named = registry.add("teacher", "named", ToyConfig, build_toy, source="my-lab")
+    assert named.source == "my-lab"
+    # a module of an installed distribution: its package and the distribution
+    module = {"__name__": "samora_kit_plugins.my_teacher", "registry": registry, "ToyConfig": ToyConfig,
+              "build_toy": build_toy}
+    exec("spec = registry.add('teacher', 'packaged', ToyConfig, build_toy)", module)
+    assert module["spec"].source == f"samora_kit_plugins (samora-kit {md.version('samora-kit')})"
+    with pytest.raises(DuplicateComponentError, match="registered twice: by tests.test_registry "
+                                                      r"\(<registered in process>\) and by my-lab"):
+        registry.add("teacher", "own", ToyConfig, build_toy, source="my-lab")

@@ -22,8 +22,8 @@ C, G = 32, 4
 
 
 def stand_in_backbone(**extra):
-    return SimpleNamespace(**{"image_size": 64, "embed_channels": C, "embed_grid": G, "high_res_channels": (C, C),
-                              "checkpoint_path": None, **extra})
+    return SimpleNamespace(**{"image_size": 64, "embed_channels": C, "embed_grid": G, "embed_stride": 64 // G,
+                              "high_res_channels": (C, C), "checkpoint_path": None, **extra})
 
 
 def decoder_for(backbone=None, num_classes: int = 3, **config) -> Samed2Decoder:
@@ -150,7 +150,7 @@ def test_wrong_input_is_refused_naming_the_sam2_backbone_and_shapes(features):
 
 
 def test_backbone_without_multi_scale_features_is_refused():
-    backbone = SimpleNamespace(image_size=64, embed_channels=C, embed_grid=G, checkpoint_path=None)
+    backbone = SimpleNamespace(image_size=64, embed_channels=C, embed_grid=G, embed_stride=64 // G, checkpoint_path=None)
     with pytest.raises(SamoraError, match=r'decoder.name = "samed2" needs backbone.name = "sam2"'):
         decoder_for(backbone)
 

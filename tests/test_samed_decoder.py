@@ -80,10 +80,14 @@ def test_decoder_shape_mismatch_is_refused_with_key_and_shapes(tmp_path):
         decoder_for(tiny_backbone(checkpoint=path), mlp_dim=256)
 
 
-def test_everything_in_the_decoder_is_trainable():
+def test_what_the_decoder_reads_trains_and_sams_prompt_layers_and_iou_head_are_frozen():
     decoder = decoder_for(tiny_backbone())
-    assert all(p.requires_grad for p in decoder.parameters())
+    frozen = {n for n, p in decoder.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("prompt_encoder.point_embeddings.", "prompt_encoder.not_a_point_embed.",
+                                        "prompt_encoder.mask_downscaling.", "mask_decoder.iou_prediction_head."))
+                          for n in frozen)
     decoder(torch.randn(2, 64, 4, 4)).sum().backward()
+    assert all(p.grad is not None for p in decoder.parameters() if p.requires_grad)  # every trainable one learns
     assert decoder.mask_decoder.mask_tokens.weight.grad.abs().sum() > 0
     assert decoder.prompt_encoder.no_mask_embed.weight.grad.abs().sum() > 0
 

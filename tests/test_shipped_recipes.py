@@ -10,6 +10,8 @@ import pytest
 from samora_kit import shipped_recipes
 from samora_kit.cli import main
 
+from .conftest import shared_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 
 # a recipes folder of our own: sub/main.toml refers to three others, through all three keys
@@ -18,7 +20,8 @@ OWN_RECIPES = {
     "stage1.toml": "# Stage 1 on the base.\nbase = \"base.toml\"\n",
     "sub/main.toml": "# The recipe to copy.\nbase = \"../base.toml\"\n\n[pretrain]\nrecipe = \"../stage1.toml\"\n\n"
                      "[compare]\nrecipes = [\"baseline.toml\"]\n",
-    "sub/baseline.toml": "\n# A baseline, after a blank line.\nbase = \"../base.toml\"\n",
+    "sub/baseline.toml": "\n# A baseline, after a blank line, its first sentence over\n# two lines (e.g. these). Not this one.\n"
+                         "base = \"../base.toml\"\n",
     "unrelated.toml": "[run]\nname = \"no comment\"\n",
 }
 
@@ -47,15 +50,22 @@ def test_the_package_ships_the_clones_recipes_folder():
     assert "quickstart.toml" in shipped and "fewshot/hippocampus_samora.toml" in shipped
 
 
-def test_ls_lists_every_shipped_recipe_with_its_first_comment_line(capsys):
+def test_ls_lists_every_shipped_recipe_with_the_first_sentence_of_its_comment(capsys):
     code, out, err = _cli(capsys, "recipes", "ls")
     assert code == 0, err
-    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    rows = {line.split()[0]: line.split(None, 1)[1].strip() for line in out.splitlines()[1:]}
     for path in (REPO / "recipes").rglob("*.toml"):
         name = path.relative_to(REPO / "recipes").as_posix()
-        first = path.read_text().lstrip().splitlines()[0]
-        assert name in rows and rows[name].split(None, 1)[1].strip() == first.lstrip("# ").strip()
-    assert "Quick start: the whole SAMora pipeline" in rows["quickstart.toml"]
+        first = path.read_text().lstrip().splitlines()[0].lstrip("# ").strip()
+        assert name in rows and rows[name].startswith(first)
+        comment = " ".join(line.lstrip("# ").strip() for line in path.read_text().lstrip().splitlines()
+                           if line.startswith("#"))
+        assert rows[name].endswith((".", "!", "?")) or comment.startswith(rows[name]), rows[name]  # never cut
+    assert rows["quickstart.toml"] == ("Quick start: a real pre-trained medical SAM (LiteMedSAM) adapted with SAMora "
+                                       "and with SAMed on the same labels, on a CPU, in a few minutes.")
+    assert rows["base_pretrain.toml"].startswith("Pre-train a small SAM-architecture image encoder from scratch "
+                                                 "(no SAM weights exist on machines without internet access): ")
+    assert rows["base_pretrain.toml"].endswith("every axial slice, 64 px.")
 
 
 def test_ls_puts_the_top_folder_first_and_leaves_a_recipe_without_comment_blank(own_recipes, capsys):
@@ -66,7 +76,7 @@ def test_ls_puts_the_top_folder_first_and_leaves_a_recipe_without_comment_blank(
         "base.toml          The base every other recipe starts from.",
         "stage1.toml        Stage 1 on the base.",
         "unrelated.toml",
-        "sub/baseline.toml  A baseline, after a blank line.",
+        "sub/baseline.toml  A baseline, after a blank line, its first sentence over two lines (e.g. these).",
         "sub/main.toml      The recipe to copy."]
 
 
@@ -133,9 +143,72 @@ def test_cp_names_the_key_and_recipe_of_a_broken_reference(own_recipes, tmp_path
 
 
 def test_cp_of_a_shipped_recipe(tmp_path, capsys):
-    code, out, err = _cli(capsys, "recipes", "cp", "recipes/samed.toml", tmp_path)  # as a clone spells it
+    code, out, err = _cli(capsys, "recipes", "cp", "recipes/tiny/quickstart_samed.toml", tmp_path)  # as a clone spells it
     assert code == 0, err
-    assert (tmp_path / "samed.toml").read_bytes() == (REPO / "recipes" / "samed.toml").read_bytes()
+    copied = (tmp_path / "quickstart_samed.toml").read_bytes()
+    assert copied == (REPO / "recipes/tiny/quickstart_samed.toml").read_bytes()  # it names no path: copied as is
+
+
+PATHS_RECIPE = """# Paths that lead out of the recipes folder.
+task = "segment"
+
+[run]
+output_dir = "../runs/paths"  # beside the recipes folder
+
+[backbone]
+name = "sam"
+variant = "tiny"
+checkpoint = "../weights/base.safetensors"  # another run makes it
+
+[decoder]
+name = "samed"
+
+[data]
+name = "decathlon"
+root = "../data/hippocampus"  # the data, beside the recipes folder
+train = { split_file = "../data/hippocampus/split.json", key = "train" }
+"""
+
+
+def test_cp_makes_paths_outside_the_copy_absolute_and_names_the_key_of_each_missing_one(own_recipes, tmp_path,
+                                                                                       capsys):
+    (own_recipes / "paths.toml").write_text(PATHS_RECIPE)
+    (own_recipes / "sub" / "on_paths.toml").write_text('# Over paths.toml.\nbase = "../paths.toml"\n\n[data]\n'
+                                                       'test = { split_file = "../../data/hippocampus/split.json", '
+                                                       'key = "test" }\n')
+    data = tmp_path / "data" / "hippocampus"
+    data.mkdir(parents=True)
+    (data / "split.json").write_text("{}")
+    code, out, err = _cli(capsys, "recipes", "cp", "sub/on_paths", tmp_path / "out")
+    assert code == 0, err
+    copied = (tmp_path / "out" / "paths.toml").read_text()
+    # the data is there: each value becomes the absolute path it named, the comments stay
+    assert f'root = "{data}"  # the data, beside the recipes folder\n' in copied
+    assert f'train = {{ split_file = "{data / "split.json"}", key = "train" }}' in copied
+    assert f'test = {{ split_file = "{data / "split.json"}", key = "test" }}' in \
+        (tmp_path / "out" / "sub" / "on_paths.toml").read_text()  # a base's own paths, and the recipe's own
+    assert f"paths.toml: data.root = '{data}' (was '../data/hippocampus')" in out
+    # the checkpoint is not: it stays as written, and the key to edit is named
+    assert 'checkpoint = "../weights/base.safetensors"  # another run makes it' in copied
+    assert (f"paths.toml: backbone.checkpoint = '../weights/base.safetensors' names "
+            f"{tmp_path / 'weights' / 'base.safetensors'}, which does not exist; edit backbone.checkpoint") in out
+    assert f"paths.toml: run.output_dir = '../runs/paths' puts the run outside the copy, in {tmp_path / 'runs/paths'}" \
+        in out
+    assert 'base = "../paths.toml"' in (tmp_path / "out" / "sub" / "on_paths.toml").read_text()  # copied along
+
+
+def test_a_copied_shipped_recipe_validates_where_it_lands(tmp_path, capsys, monkeypatch):
+    data = shared_dataset("msd_hippocampus")
+    code, out, err = _cli(capsys, "recipes", "cp", "fewshot/hippocampus_unet", tmp_path / "mine")
+    assert code == 0, err
+    assert f"fewshot/hippocampus_samed.toml: data.root = '{data.resolve()}'" in out
+    checkpoint = REPO / "runs" / "base-hippocampus" / "base.safetensors"  # the SAM arms' base: made by a run
+    assert ("fewshot/hippocampus_samed.toml: backbone.checkpoint = " + (
+        f"'{checkpoint}'" if checkpoint.exists() else "'../../runs/base-hippocampus/base.safetensors' names")) in out
+    monkeypatch.chdir(tmp_path)  # away from the clone: nothing of it is read
+    code, out, err = _cli(capsys, "validate", "mine/hippocampus_unet.toml")
+    assert code == 0, err
+    assert out.startswith("mine/hippocampus_unet.toml: valid")
 
 
 def test_cp_copies_each_recipe_once_through_repeated_and_circular_references(own_recipes, tmp_path, capsys):

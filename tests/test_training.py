@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from samora_kit.cli import main
 from samora_kit.errors import TrainingDiverged
+from samora_kit.train import loop
 from samora_kit.weights.io import load_weights
 
-from .synthetic import STAGE1_EXPERTS, armed, pool_recipe, tiny_recipe, write_decathlon
+from .synthetic import STAGE1_EXPERTS, armed, pool_recipe, snapshot, tiny_recipe, write_decathlon
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "samora_kit.cli"]
@@ -75,13 +79,117 @@ def test_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
 
 
-def test_rerun_into_existing_run_folder_is_refused(tmp_path):
-    recipe = _recipe(tmp_path, "again", epochs=1)
-    assert _run(CLI + ["run", str(recipe)]).returncode == 0
-    second = _run(CLI + ["run", str(recipe)])
-    assert second.returncode == 2
-    assert "already holds a run; pass --resume" in second.stderr
-    assert "Traceback" not in second.stderr
+def _main(capsys, *argv) -> tuple[int, str, str]:
+    """The CLI in this process: (exit code, stdout and stderr each on one line)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, " ".join(out.split()), " ".join(err.split())
+
+
+def test_rerun_of_a_finished_run_reports_it_and_writes_nothing(tmp_path, capsys):
+    recipe, run_dir = _recipe(tmp_path, "again", epochs=1), tmp_path / "again"
+    code, _, err = _main(capsys, "run", recipe, "eval.overlays=0")
+    assert code == 0, err
+    before = snapshot(run_dir)  # cmdline.txt and env.json (its time) included
+    for flags, said in (([], ""), (["--resume"], "--resume: nothing to resume, ")):
+        code, out, err = _main(capsys, "run", recipe, "eval.overlays=0", *flags)
+        assert code == 0, err
+        assert f"{said}{run_dir} is finished (4 steps, this recipe); nothing is trained or written again" in out
+        assert "test set" in out and "mean" in out  # its summary table
+        assert "trained 4 steps" not in out and "nan" not in out and "evaluating" not in err
+        assert snapshot(run_dir) == before
+
+
+def test_a_run_trained_but_not_evaluated_evaluates_only(tmp_path, capsys):
+    recipe, run_dir = _recipe(tmp_path, "unscored", epochs=1), tmp_path / "unscored"
+    assert _main(capsys, "run", recipe, "eval.overlays=0")[0] == 0
+    summary = (run_dir / "eval" / "summary.json").read_text()
+    shutil.rmtree(run_dir / "eval")  # as a kill between the weights and the evaluation leaves it
+    before = snapshot(run_dir)
+    code, out, err = _main(capsys, "run", recipe, "eval.overlays=0")
+    assert code == 0, err
+    assert f"{run_dir}: trained 4 steps earlier (weights {run_dir / 'weights.safetensors'}) but not evaluated" in out
+    assert "final loss" not in out
+    assert (run_dir / "eval" / "summary.json").read_text() == summary
+    assert {k: v for k, v in snapshot(run_dir).items() if not k.startswith("eval")} == before
+
+
+def test_resume_with_no_step_left_reports_the_saved_loss_not_nan(tmp_path, capsys):
+    recipe, run_dir = _recipe(tmp_path, "saved", epochs=1), tmp_path / "saved"
+    code, out, _ = _main(capsys, "run", recipe, "eval.overlays=0")
+    loss = re.search(r"trained 4 steps, final loss (\d\.\d{4})", out).group(1)
+    (run_dir / "weights.safetensors").unlink()  # killed after the last state, before the weights
+    shutil.rmtree(run_dir / "eval")
+    code, out, err = _main(capsys, "run", recipe, "eval.overlays=0", "--resume")
+    assert code == 0, err
+    assert f"trained 4 steps, final loss {loss}" in out and "nan" not in out
+
+
+def test_a_refused_rerun_names_each_differing_key_with_both_values(tmp_path, capsys):
+    recipe, run_dir = _recipe(tmp_path, "changed", epochs=1), tmp_path / "changed"
+    assert _main(capsys, "run", recipe, "eval.overlays=0")[0] == 0
+    before = snapshot(run_dir)
+    saved = run_dir / "recipe.resolved.toml"
+    code, _, err = _main(capsys, "run", recipe, "eval.overlays=0", "train.lr=0.001", "--resume")
+    assert code == 2
+    assert f"--resume: the recipe differs from {saved} in 1 key(s): - train.lr: 0.005 in the run folder, " \
+           "0.001 in this recipe" in err
+    code, _, err = _main(capsys, "run", recipe, "eval.overlays=0", "train.epochs=2", "decoder.name=conv_head")
+    assert code == 2
+    assert f"{run_dir} already holds a run of another recipe; " in err
+    assert "- train.epochs: 1 in the run folder, 2 in this recipe" in err
+    assert '- decoder.name: "samed" in the run folder, "conv_head" in this recipe' in err
+    assert '- decoder.transformer_depth: 2 in the run folder, not set in this recipe' in err
+    assert snapshot(run_dir) == before
+
+
+def test_nothing_to_resume_after_a_kill_before_the_first_state_says_a_plain_run_starts_it(tmp_path, capsys,
+                                                                                         monkeypatch):
+    recipe, run_dir = _recipe(tmp_path, "early", epochs=1), tmp_path / "early"
+
+    def interrupt(step: int) -> None:
+        raise KeyboardInterrupt  # Ctrl-C at step 1; the first state is saved at step 2
+
+    monkeypatch.setattr(loop, "step_callbacks", [interrupt])
+    assert _main(capsys, "run", recipe, "eval.overlays=0")[0] == 130
+    monkeypatch.undo()
+    assert (run_dir / "recipe.resolved.toml").exists() and not (run_dir / "checkpoints").exists()
+    code, _, err = _main(capsys, "run", recipe, "eval.overlays=0", "--resume")
+    assert code == 2
+    assert "nothing to resume: the run stopped before its first checkpoint" in err
+    assert "`run` without --resume starts it" in err
+    code, out, err = _main(capsys, "run", recipe, "eval.overlays=0")
+    assert code == 0, err
+    assert "trained 4 steps" in out
+
+
+def test_rerunning_a_chain_reuses_every_finished_stage(tmp_path, capsys):
+    """[pretrain] and [compare], as the quick start: run again, stage 1, stage 2 and the baseline are all
+    reused, nothing is rewritten, and the comparison prints again."""
+    data = write_decathlon(tmp_path / "data", n_cases=4)
+    stage1 = tmp_path / "stage1.toml"  # seed 7, as tiny_recipe's: the same random base
+    stage1.write_text(pool_recipe(data, tmp_path / "stage1", seed=7, max_steps=2,
+                                  tail='[[experts]]\nname = "patch"\npretext = { name = "mae", hidden_dim = 16 }\n'))
+    baseline = tmp_path / "baseline.toml"
+    baseline.write_text(tiny_recipe(data, tmp_path / "baseline", ["case_000", "case_001"], ["case_002"], epochs=1)
+                        .replace('name = "test"', 'name = "baseline"').replace("overlays = 1", "overlays = 0"))
+    stage2 = tmp_path / "stage2.toml"
+    stage2.write_text(tiny_recipe(data, tmp_path / "stage2", ["case_000", "case_001"], ["case_002"], epochs=1)
+                      .replace("overlays = 1", "overlays = 0")
+                      .replace("image_size = 64\n", 'image_size = 64\nexperts = { names = ["patch"] }\n')
+                      + f'\n[fuser]\nname = "sum"\n\n[pretrain]\nrecipe = "{stage1}"\n\n'
+                        f'[compare]\nrecipes = ["{baseline}"]\n')
+    code, out, err = _main(capsys, "run", stage2)
+    assert code == 0, err
+    before = {name: snapshot(tmp_path / name) for name in ("stage1", "stage2", "baseline")}
+    code, out, err = _main(capsys, "run", stage2)
+    assert code == 0, err
+    assert "expert patch: reusing" in out and f"every expert pack of {tmp_path / 'stage1'} is finished" in out
+    assert f"{tmp_path / 'stage2'} is finished (4 steps, this recipe)" in out
+    assert f"compare: reusing the finished run {tmp_path / 'baseline'}" in out
+    assert "test set, transunet policy" in out  # the comparison table
+    assert "final loss" not in out
+    assert {name: snapshot(tmp_path / name) for name in before} == before
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(tmp_path, monkeypatch):

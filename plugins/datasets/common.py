@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 from pydantic import Field
 
@@ -14,6 +13,9 @@ from samora_kit.data.intensity import IntensityConfig
 from samora_kit.data.selection import CaseSelection
 from samora_kit.errors import DataError, SamoraError
 from samora_kit.registry import ComponentConfig
+
+if TYPE_CHECKING:  # h5py is slow to import: only where a file is read
+    import h5py
 
 SPLITS = ("train", "test")
 
@@ -79,6 +81,8 @@ def _listed(values: np.ndarray, limit: int = 8) -> str:
 def h5_datasets(path: Path, take: Callable[[h5py.Dataset], Any] = lambda d: d[()]) -> tuple[Any, Any]:
     """`take` of the `image` and `label` datasets of an HDF5 file: their arrays by default, or e.g. only
     their shapes; a missing file or dataset, or a broken file, is a DataError naming the file."""
+    import h5py
+
     if not path.is_file():
         raise DataError(f"{path}: no such HDF5 file")
     try:

@@ -15,12 +15,10 @@ or "stretch". A mask is resized as a picture and thresholded at half, so it stay
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field
-from scipy import ndimage
 
 from samora_kit.data.selection import CaseSelection
 from samora_kit.data.volume import Volume
@@ -29,6 +27,9 @@ from samora_kit.registry import ComponentConfig, did_you_mean
 
 from .common import SplitCases, existing_dir
 from .instances import IndexedItems, as_instance_item, as_tensor_image, instance_masks, luminance, min_pixels
+
+if TYPE_CHECKING:  # PIL and scipy are slow to import: only where pictures are read
+    from PIL import Image
 
 NAME = "kvasir_seg"
 MASK_THRESHOLD = 127  # the README's rule: polyp where grey > 127
@@ -105,6 +106,8 @@ class KvasirSeg(SplitCases):
             raise DataError(f"{self.mask_path(case_id)}: no polyp pixel is left at {image_size} px")
         if self.config.instances == "union":
             return mask[None]
+        from scipy import ndimage
+
         labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
         masks = instance_masks(labels, min_pixels(self.config.min_instance_area, image_size))
         if not len(masks):  # every polyp is small at this size: keep the largest rather than none
@@ -119,6 +122,8 @@ class KvasirSeg(SplitCases):
         return as_instance_item(self.fitted_image(case, image_size), self.fitted_instances(case, image_size))
 
     def _fitted(self, path: Path, mode: str, image_size: int) -> np.ndarray:
+        from PIL import Image
+
         with _open(path) as picture:
             width, height = picture.size
             if self.config.fit == "stretch":
@@ -142,6 +147,8 @@ def build_kvasir_seg(config: KvasirSegConfig) -> KvasirSeg:
 
 
 def _open(path: Path) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
     try:
         return Image.open(path)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:

@@ -59,7 +59,8 @@ class Mni152Demo(SplitCases):
         self.root = config.root or nilearn_data_dir()
         self.num_classes = check_num_classes(config.num_classes, len(CLASS_NAMES), str(self.root))
         self.class_names = list(CLASS_NAMES)
-        self.image, self.label, self.spacing = self._load_template()  # Z, H, W each
+        self.label, self.spacing = self._load_labels()  # Z, H, W
+        self._image: np.ndarray | None = None  # read on first use: listing the cases (validate) needs only the labels
         self.slabs = self._slabs_with_brain()  # slab id -> first slice
         ids = list(self.slabs)
         defaults = default_split(ids, str(self.root)) if config.train is None or config.test is None else ([], [])
@@ -82,17 +83,25 @@ class Mni152Demo(SplitCases):
         return TemplateSlices([self.image[start:start + self.config.slab_slices]
                                for slab, start in self.slabs.items() if slab not in test], image_size)
 
-    def _load_template(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    @property
+    def image(self) -> np.ndarray:
+        """The T1 template, Z, H, W in [0, 1]."""
+        if self._image is None:
+            t1, _ = self._read("t1")
+            self._image = normalise(t1, self.config.intensity, "MRI", str(self.root / FILES["t1"]))
+        return self._image
+
+    def _read(self, tissue: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """One template file, block-averaged: (Z, H, W float32, the averaged voxels' spacing)."""
         factors = (self.config.slice_downsample, self.config.downsample, self.config.downsample)
-        arrays, spacing = {}, (1.0, 1.0, 1.0)
-        for tissue, name in FILES.items():
-            array, spacing, _ = read_nifti(self.root / name, AXIAL)  # Z, H, W
-            scale = 255.0 if array.dtype == np.uint8 else 1.0  # nilearn stores probabilities as 0..255
-            arrays[tissue] = block_mean(array.astype(np.float32) / scale, factors)
-        grey, white = arrays["gm"], arrays["wm"]
+        array, spacing, _ = read_nifti(self.root / FILES[tissue], AXIAL)  # Z, H, W
+        scale = 255.0 if array.dtype == np.uint8 else 1.0  # nilearn stores probabilities as 0..255
+        return block_mean(array.astype(np.float32) / scale, factors), tuple(s * f for s, f in zip(spacing, factors))
+
+    def _load_labels(self) -> tuple[np.ndarray, tuple[float, float, float]]:
+        (grey, spacing), (white, _) = self._read("gm"), self._read("wm")
         label = np.where(np.maximum(grey, white) >= 0.5, np.where(white > grey, 2, 1), 0).astype(np.int64)
-        image = normalise(arrays["t1"], self.config.intensity, "MRI", str(self.root / FILES["t1"]))
-        return image, label, tuple(s * f for s, f in zip(spacing, factors))
+        return label, spacing
 
     def _slabs_with_brain(self) -> dict[str, int]:
         size = self.config.slab_slices

@@ -19,7 +19,6 @@ from typing import Annotated, Callable, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
-from scipy import ndimage
 
 from samora_kit.data.volume import Volume
 from samora_kit.errors import DataError
@@ -283,6 +282,8 @@ def render(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
         np.copyto(labels[y0:y1, x0:x1], k, where=inside)
     sigma = scene.blur * size
     if sigma > 0.1:
+        from scipy import ndimage  # slow to import: only when a scene is drawn
+
         image = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0.0))
     if scene.noise_std > 0:
         image += scene.noise_std * np.random.default_rng(scene.noise_seed).standard_normal(image.shape, np.float32)

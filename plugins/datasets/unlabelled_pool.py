@@ -30,11 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import h5py
-import nibabel as nib
 import numpy as np
 import torch
-from nibabel.filebasedimages import ImageFileError
 from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
@@ -245,6 +242,9 @@ def _add(found: dict[str, PoolSource], case: str, source: PoolSource) -> None:
 def count_slices(source: PoolSource, config: UnlabelledPoolConfig) -> int:
     path, fmt = source.path, source.format
     if fmt in ("nii", "nii.gz"):
+        import nibabel as nib  # slow imports (nibabel, h5py): only for the files a pool holds
+        from nibabel.filebasedimages import ImageFileError
+
         try:
             shape = nib.load(str(path)).shape
         except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
@@ -291,6 +291,8 @@ def _npz_shape(path: Path, key: str) -> tuple[int, ...]:
 
 
 def _h5_shape(path: Path, key: str) -> tuple[int, ...]:
+    import h5py
+
     try:
         with h5py.File(path, "r") as h5:
             if key not in h5:
@@ -317,6 +319,8 @@ def read_source(source: PoolSource, config: UnlabelledPoolConfig
             raise DataError(f"{path}: unreadable or truncated .npz file ({type(exc).__name__}: {exc})") from None
         return _as_stack(image, path, config.npz_key), (1.0, 1.0, 1.0), None
     if fmt == "h5":
+        import h5py
+
         _h5_shape(path, config.h5_key)
         try:
             with h5py.File(path, "r") as h5:

@@ -7,7 +7,6 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 
 from samora_kit.errors import CheckpointError
@@ -36,6 +35,8 @@ class SamedDecoder(nn.Module):
 
     def __init__(self, num_classes: int, channels: int, grid: int, image_size: int,
                  transformer_depth: int = 2, mlp_dim: int | None = None, num_heads: int | None = None) -> None:
+        from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer  # slow import: when built
+
         super().__init__()
         heads = check_widths(num_classes, channels, num_heads)
         self.num_classes = num_classes
@@ -47,6 +48,11 @@ class SamedDecoder(nn.Module):
         self.mask_decoder = MaskDecoder(transformer_dim=channels, transformer=transformer,
                                         num_multimask_outputs=num_classes, iou_head_depth=3,
                                         iou_head_hidden_dim=IOU_HEAD_HIDDEN)
+        # what the prompt-free forward never reads (point and mask prompts, the IoU head) gets no gradient:
+        # frozen, kept only so that SAM's files load as they are
+        for unused in (self.prompt_encoder.point_embeddings, self.prompt_encoder.not_a_point_embed,
+                       self.prompt_encoder.mask_downscaling, self.mask_decoder.iou_prediction_head):
+            unused.requires_grad_(False)
 
     def forward(self, features: torch.Tensor | FeaturePyramid) -> torch.Tensor:
         # segment_anything's predict_masks repeats the embedding per prompt; here: one prompt-free set per image

@@ -41,7 +41,7 @@ class BackboneFiles:
         digest = hashlib.sha256()
         for key, tensor in sorted(self.encoder_state_in_official_layout().items()):
             digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     # --- stage 1: expert packs out ---------------------------------------------------------------------

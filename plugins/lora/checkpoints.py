@@ -1,4 +1,4 @@
-"""The weights files of the SAM and SAM2 backbones: the official key layout (`image_encoder.*`, ...)
+"""The weights files of the SAM, SAM2 and TinyViT backbones: the official key layout (`image_encoder.*`, ...)
 in checksummed safetensors whose header names one of FORMATS. Imported official checkpoints and
 self-pre-trained encoders are both written and read here."""
 
@@ -13,10 +13,12 @@ from samora_kit.weights.checksummed import read_checksummed, save_checksummed
 
 # "segment-anything": an imported official checkpoint (encoder, prompt encoder, mask decoder);
 # "sam2": an imported official SAM2 checkpoint (image_encoder.trunk/neck, sam_mask_decoder, ...);
-# "sam-encoder" / "sam2-encoder": an image encoder in SAM's / SAM2's layout that the kit pre-trained
-# itself (recipes with [base_pretraining]): no prompt encoder, no mask decoder
-ENCODER_ONLY_FORMATS = ("sam-encoder", "sam2-encoder")
-FORMATS = ("segment-anything", "sam2", *ENCODER_ONLY_FORMATS)
+# "tinyvit-sam": an imported LiteMedSAM / MobileSAM checkpoint (TinyViT encoder, SAM's prompt encoder and mask
+# decoder); "sam-encoder" / "sam2-encoder" / "tinyvit-sam-encoder": an image encoder in SAM's / SAM2's /
+# TinyViT-SAM's layout that the kit pre-trained itself (recipes with [base_pretraining]): no prompt encoder,
+# no mask decoder
+ENCODER_ONLY_FORMATS = ("sam-encoder", "sam2-encoder", "tinyvit-sam-encoder")
+FORMATS = ("segment-anything", "sam2", "tinyvit-sam", *ENCODER_ONLY_FORMATS)
 
 
 def save_sam_layout(out: Path, state: dict[str, torch.Tensor], header: dict) -> tuple[Path, str]:

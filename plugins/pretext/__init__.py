@@ -7,7 +7,7 @@ Pretext tasks (kind "pretext"): simclrv2 (image), mae (patch), denoise (pixel).
 from samora_kit.hookspecs import hookimpl
 
 from . import denoise, mae, simclrv2, teacher_mae, teacher_simclrv2
-from .mae import SAM_PATCH, MAEPretext, MAEPretextConfig, build_mae_pretext
+from .mae import MAEPretext, MAEPretextConfig, build_mae_pretext, patch_alignment_problem
 from .simclrv2 import SimCLRv2Pretext, SimCLRv2PretextConfig, build_simclrv2_pretext
 from .teacher_mae import MAETeacher, MAETeacherConfig, build_mae_teacher
 from .teacher_simclrv2 import SimCLRv2Teacher, SimCLRv2TeacherConfig, build_simclrv2_teacher
@@ -34,8 +34,8 @@ def samora_kit_register(registry) -> None:
 
 @hookimpl
 def samora_kit_check_recipe(recipe, backbone) -> list[str]:
-    """An MAE teacher sees the backbone's images on the backbone's 16-px grid: the mae task pairs their
-    tokens position by position, so the teacher's image and patch sizes must match the backbone's."""
+    """An MAE teacher sees the backbone's images, in patches that are whole multiples of the backbone's token
+    cells: the mae task pairs their tokens position by position (the backbone's averaged per patch)."""
     problems = []
     for i, entry in enumerate(getattr(recipe, "experts", [])):
         teacher = entry.teacher
@@ -45,7 +45,7 @@ def samora_kit_check_recipe(recipe, backbone) -> list[str]:
             problems.append(f"experts.{i}.teacher.image_size = {teacher.image_size}: the backbone reads "
                             f"{backbone.image_size}-px images and the mae task pairs teacher and backbone tokens "
                             f"position by position; set it to {backbone.image_size}")
-        if teacher.patch_size != SAM_PATCH:
-            problems.append(f"experts.{i}.teacher.patch_size = {teacher.patch_size}: the backbone's token grid "
-                            f"has {SAM_PATCH}-px cells; set it to {SAM_PATCH}")
+        problem = patch_alignment_problem(teacher.patch_size, backbone.image_size, backbone.embed_stride)
+        if problem:
+            problems.append(f"experts.{i}.teacher.patch_size = {teacher.patch_size}: {problem}")
     return problems

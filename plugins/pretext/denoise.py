@@ -7,6 +7,9 @@ Two deliberate differences from the authors' code (anchor-implementations §1, p
 - the decoder has skip connections from intermediate encoder blocks (theirs used the neck output only);
 - output (sigmoid) and target (the clean image) share the [0, 1] range (theirs z-scored the target).
 
+Stages: one x2 upsampling per halving of the backbone's embedding stride (4 from SAM's S/16 embedding, 2 from
+LiteMedSAM's S/4), the finest widths of `decoder_channels` (its last entries) for a backbone that needs fewer.
+
 Skips: the backbone names the blocks to tap (`default_skip_blocks`, or `skip_blocks`). In SAM's ViT every
 block works at the same g x g patch grid (g = S / 16), so there are no higher-resolution encoder features;
 SAM2's Hiera blocks work at strides 4, 8, 16 and 32, so its skips are multi-scale as in a U-Net. Each
@@ -32,7 +35,7 @@ from samora_kit.registry import ComponentConfig
 from .task_base import PretextTaskBase
 
 NAME = "denoise"
-UPSAMPLING_STAGES = 4  # x2 each: from the 1/16 patch grid back to the image size
+UPSAMPLING_STAGES = 4  # at most, x2 each: from a 1/16 embedding grid back to the image size
 RANGE_TOLERANCE = 1e-3  # slack when checking that input images are in [0, 1]
 EXAMPLE = {"sigma": 0.1, "decoder_channels": [32, 16, 16, 8]}
 
@@ -104,7 +107,7 @@ class UpStage(nn.Module):
 
 class DenoiseDecoder(nn.Module):
     """Neck output B,Cn,g,g plus tapped blocks (B,h,w,E_i each, deepest first; `skip_dims` are the E_i)
-    -> B,out,16g,16g in (0, 1)."""
+    -> B,out,2^n g,2^n g in (0, 1), n = len(channels) upsampling stages."""
 
     def __init__(self, neck_channels: int, skip_dims: list[int], channels: list[int], out_channels: int) -> None:
         super().__init__()
@@ -133,10 +136,14 @@ class DenoisePretext(PretextTaskBase):
         bad = [b for b in blocks if b >= depth]
         if bad:
             raise SamoraError(f"denoise.skip_blocks {bad} out of range: the encoder has blocks 0..{depth - 1}")
+        stages = upsampling_stages(backbone.embed_stride)
+        if len(blocks) > stages:
+            raise SamoraError(f"denoise.skip_blocks {blocks}: at most {stages} skips, one per decoder stage (the "
+                              f"backbone's embedding is at 1/{backbone.embed_stride} of the image: {stages} x2 stages)")
         self.config = config
         self.skip_blocks = sorted(blocks, reverse=True)  # deepest first: the deepest joins the coarsest stage
         self.decoder = DenoiseDecoder(backbone.embed_channels, [backbone.block_channels[b] for b in self.skip_blocks],
-                                      config.decoder_channels, config.out_channels)
+                                      config.decoder_channels[-stages:], config.out_channels)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_range(images)
@@ -182,6 +189,14 @@ def _check_backbone(backbone: nn.Module) -> None:
     if not isinstance(backbone, PretrainableBackbone):
         raise SamoraError(f"the denoise pretext task taps encoder blocks, so it needs a backbone with block_outputs, "
                           f"block_channels and default_skip_blocks (sam, sam2); got {type(backbone).__name__}")
+
+
+def upsampling_stages(stride: int) -> int:
+    """x2 stages from a 1/`stride` embedding back to the image: log2(stride), a power of 2 up to 16."""
+    if stride not in (2, 4, 8, 16):
+        raise SamoraError(f"the denoise decoder upsamples x2 per stage, at most {UPSAMPLING_STAGES} times; the "
+                          f"backbone's embed_stride {stride} is not 2, 4, 8 or 16")
+    return stride.bit_length() - 1
 
 
 def _check_range(images: torch.Tensor) -> None:

@@ -47,6 +47,7 @@ class SamBackbone(ExpertHost, nn.Module):
         self.image_size = config.image_size
         self.embed_channels = config.preset.out_chans
         self.embed_grid = config.image_size // PATCH_SIZE
+        self.embed_stride = PATCH_SIZE
         self.checkpoint_path: Path | None = config.checkpoint
         self.lora_rank = config.lora.rank
         self.lora_targets = tuple(t for t in ("q", "k", "v") if t in config.lora.targets)
@@ -124,9 +125,10 @@ class SamBackbone(ExpertHost, nn.Module):
 
     def _load_pretrained(self, path: Path, sha256: str | None) -> None:
         tensors, header = read_sam_weights(path, sha256)
-        if header.get("format") in ("sam2", "sam2-encoder"):
-            raise CheckpointError(f"{path}: holds a SAM2 image encoder (format {header['format']!r}); "
-                                  "use the `sam2` backbone for it, or import a segment-anything .pth")
+        other = {"sam2": "sam2", "sam2-encoder": "sam2", "tinyvit-sam": "tinyvit", "tinyvit-sam-encoder": "tinyvit"}
+        if header.get("format") in other:
+            raise CheckpointError(f"{path}: holds another image encoder (format {header['format']!r}); use the "
+                                  f"`{other[header['format']]}` backbone for it, or import a segment-anything .pth")
         if header.get("variant", self.variant) != self.variant:
             raise CheckpointError(f"{path}: header variant is {header['variant']!r}, "
                                   f"but the backbone is configured as {self.variant!r}")

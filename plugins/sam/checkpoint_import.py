@@ -9,13 +9,12 @@ import torch
 
 from samora_kit import __version__
 from samora_kit.errors import CheckpointError
-from samora_kit.registry import ComponentConfig
 from samora_kit.weights.io import sha256_of
 from samora_kit.weights.pth import load_pth_state_dict
 from samora_kit_plugins.lora.checkpoints import save_sam_layout
 
 from .backbone import build_image_encoder
-from .config import SAM_PRESETS, SamVariant
+from .config import SAM_PRESETS, SamImportConfig
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 PATCH_KEY = "image_encoder.patch_embed.proj.weight"
@@ -25,11 +24,10 @@ EXPECTED = ("an official segment-anything checkpoint: a state dict with image_en
             "image_encoder.blocks.N.attn.qkv.weight, prompt_encoder.* and mask_decoder.* tensors")
 
 
-class SamImportConfig(ComponentConfig):
-    variant: SamVariant | None = None  # refuse the file unless it holds this variant
-
-
-def import_sam(config: SamImportConfig, *, src: Path, out: Path) -> tuple[Path, str]:
+def import_sam(config: SamImportConfig, *, src: Path | None, out: Path) -> tuple[Path, str]:
+    if src is None:
+        raise CheckpointError("--format segment-anything needs the checkpoint file: samora-kit weights import "
+                              "sam_vit_b_01ec64.pth OUT.safetensors")
     return import_sam_checkpoint(src, out, config.variant)
 
 

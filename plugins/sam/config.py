@@ -1,4 +1,5 @@
-"""Config of the SAM ViT backbone, plus the architecture presets (the LoRA and experts configs: lora/config.py)."""
+"""Configs of the SAM ViT backbone and its checkpoint importer, plus the architecture presets (the LoRA and
+experts configs: lora/config.py). Light: the plugin imports it when it loads (segment_anything when built)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
+from samora_kit.registry import ComponentConfig
 from samora_kit_plugins.lora.config import LoRABackboneConfig
 
 SamVariant = Literal["vit_b", "vit_l", "vit_h", "tiny"]
@@ -54,3 +56,7 @@ class SamBackboneConfig(LoRABackboneConfig):
 
     def depth(self) -> int:
         return self.preset.depth
+
+
+class SamImportConfig(ComponentConfig):
+    variant: SamVariant | None = None  # refuse the file unless it holds this variant

@@ -101,7 +101,8 @@ class Sam2Backbone(ExpertHost, nn.Module):
         self.experts_config = config.experts
         self.encoder, self.neck, self.scalp = build_trunk_and_neck(config.variant, config.config_file)
         self.embed_channels = self.neck.d_model
-        self.embed_grid = config.image_size // 16
+        self.embed_stride = 16  # the FPN level every decoder reads
+        self.embed_grid = config.image_size // self.embed_stride
         self.high_res_channels = (self.neck.d_model, self.neck.d_model)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)

@@ -9,24 +9,22 @@ import torch
 
 from samora_kit import __version__
 from samora_kit.errors import CheckpointError
-from samora_kit.registry import ComponentConfig
 from samora_kit.weights.io import sha256_of
 from samora_kit.weights.pth import load_pth_state_dict
 from samora_kit_plugins.lora.checkpoints import save_sam_layout
 
 from .backbone import check_state, reference_encoder_state
-from .config import SAM2_VARIANTS, Sam2Variant, image_encoder_node, trunk_values
+from .config import SAM2_VARIANTS, Sam2ImportConfig, image_encoder_node, trunk_values
 
 SAM2_TRUNK_PATCH_KEY = "image_encoder.trunk.patch_embed.proj.weight"
 SAM2_EXPECTED = ("an official SAM2 checkpoint: {'model': state dict} with image_encoder.trunk.*, "
                  "image_encoder.neck.* and sam_mask_decoder.* tensors")
 
 
-class Sam2ImportConfig(ComponentConfig):
-    variant: Sam2Variant | None = None  # refuse the file unless it holds this variant
-
-
-def import_sam2(config: Sam2ImportConfig, *, src: Path, out: Path) -> tuple[Path, str]:
+def import_sam2(config: Sam2ImportConfig, *, src: Path | None, out: Path) -> tuple[Path, str]:
+    if src is None:
+        raise CheckpointError("--format sam2 needs the checkpoint file: samora-kit weights import --format sam2 "
+                              "sam2.1_hiera_base_plus.pt OUT.safetensors")
     return import_sam2_checkpoint(src, out, config.variant)
 
 

@@ -1,4 +1,4 @@
-"""Config of the SAM2 Hiera backbone, and where each variant's architecture comes from.
+"""Configs of the SAM2 Hiera backbone and its checkpoint importer, and where each variant's architecture comes from.
 
 The architecture is the `model.image_encoder` node of a sam2 YAML config, read with omegaconf
 from the installed sam2 package's files (never Hydra's search path), or a tiny one defined here."""
@@ -8,14 +8,17 @@ from __future__ import annotations
 import importlib.resources
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from omegaconf import DictConfig, OmegaConf
 from pydantic import model_validator
 
 from samora_kit.errors import SamoraError
 from samora_kit.extras import require
+from samora_kit.registry import ComponentConfig
 from samora_kit_plugins.lora.config import LoRABackboneConfig
+
+if TYPE_CHECKING:  # omegaconf loads when an architecture is read: the plugin registers without it
+    from omegaconf import DictConfig
 
 Sam2Variant = Literal["t", "s", "b+", "l", "tiny"]
 SAM2_VARIANTS = ("t", "s", "b+", "l", "tiny")
@@ -54,6 +57,8 @@ def config_source(variant: str, config_file: Path | None) -> str:
 
 def image_encoder_node(variant: str, config_file: Path | None = None) -> DictConfig:
     """The `model.image_encoder` node (scalp, trunk, neck) for `variant` or an explicit YAML file."""
+    from omegaconf import DictConfig, OmegaConf
+
     if config_file is None and variant == "tiny":
         return OmegaConf.create(TINY_IMAGE_ENCODER)
     source = config_source(variant, config_file)
@@ -97,6 +102,8 @@ def _first_resolver(value, where: str) -> str | None:
 
 def trunk_values(node: DictConfig) -> dict:
     """The Hiera keyword arguments of an image_encoder node, with Hiera's defaults filled in."""
+    from omegaconf import OmegaConf
+
     values = {k: v for k, v in OmegaConf.to_container(node.trunk, resolve=True).items() if k != "_target_"}
     return {**HIERA_DEFAULTS, **values}
 
@@ -123,3 +130,7 @@ class Sam2BackboneConfig(LoRABackboneConfig):
 
     def depth(self) -> int:
         return sum(int(s) for s in trunk_values(image_encoder_node(self.variant, self.config_file))["stages"])
+
+
+class Sam2ImportConfig(ComponentConfig):
+    variant: Sam2Variant | None = None  # refuse the file unless it holds this variant

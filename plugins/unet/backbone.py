@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from monai.networks.layers import SkipConnection
-from monai.networks.nets import UNet
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from samora_kit.interfaces import FeaturePyramid
 from samora_kit.registry import ComponentConfig
+
+if TYPE_CHECKING:  # monai is slow to import: only when a U-Net is built
+    from monai.networks.nets import UNet
 
 IN_CHANNELS = 3  # the kit feeds every backbone grey slices repeated to B,3,S,S in [0, 1]
 EMBED_STRIDE = 16  # the embedding grid g = S / 16 every backbone declares
@@ -60,9 +62,12 @@ class MonaiUNetBackbone(nn.Module):
     checkpoint_path: Path | None = None  # random init: the run saves every weight
 
     def __init__(self, config: MonaiUNetConfig) -> None:
+        from monai.networks.nets import UNet
+
         super().__init__()
         self.image_size = config.image_size
         self.embed_grid = config.image_size // EMBED_STRIDE
+        self.embed_stride = EMBED_STRIDE
         self.embed_channels = config.channels[-1]
         self.feature_channels = config.out_features
         self.unet = UNet(spatial_dims=2, in_channels=IN_CHANNELS, out_channels=config.out_features,
@@ -88,6 +93,8 @@ class MonaiUNetBackbone(nn.Module):
 
 def _bottom_layer_name(unet: UNet) -> str:
     """The innermost SkipConnection's block: MONAI's bottleneck layer."""
+    from monai.networks.layers import SkipConnection
+
     skips = [name for name, m in unet.named_modules() if isinstance(m, SkipConnection)]
     return f"{skips[-1]}.submodule"  # named_modules() walks depth first: the last skip is the deepest
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
-from monai.networks.blocks import UnetOutBlock
 from torch import nn
 
 from samora_kit.errors import SamoraError
@@ -29,6 +28,8 @@ class ConvHead(nn.Module):
     """FeaturePyramid with high_res[0] B,C,S,S -> logits B,num_classes+1,S,S (channel 0 = background)."""
 
     def __init__(self, num_classes: int, channels: int, image_size: int) -> None:
+        from monai.networks.blocks import UnetOutBlock  # monai is slow to import: only when built
+
         super().__init__()
         self.num_classes = num_classes
         self.channels, self.image_size = channels, image_size

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import field_validator
 
 from ..errors import DataError
 from ..registry import ComponentConfig
 
 RANGE_TOLERANCE = 1e-4  # rounding slack allowed when mode="none" checks data that claims to be in [0, 1]
+TORCH_QUANTILE_MAX = 1_000_000  # larger volumes take np.percentile, as MONAI's percentile does (pytorch#64947)
 
 
 class IntensityConfig(ComponentConfig):
@@ -50,8 +52,6 @@ def is_ct(modality: str | None) -> bool:
 def normalise(array: np.ndarray, config: IntensityConfig, modality: str | None = None,
               source: str = "") -> np.ndarray:
     """Return float32 in [0, 1] with the array's shape. `source` names the file in errors."""
-    from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles  # slow import, only when used
-
     where = f"{source}: " if source else ""
     data = np.asarray(array, dtype=np.float32)
     if not np.isfinite(data).all():
@@ -63,11 +63,26 @@ def normalise(array: np.ndarray, config: IntensityConfig, modality: str | None =
             raise DataError(f"{where}intensity.mode is 'none', so the image must already be in [0, 1], "
                             f"but its values span [{low:g}, {high:g}]; use mode 'ct' or 'mr'")
         return np.clip(data, 0.0, 1.0)
+    volume = torch.from_numpy(np.require(data, requirements=["C", "W"]))  # a flipped view or a read-only map: copied
     if mode == "ct":
-        scale = ScaleIntensityRange(*config.ct_window, b_min=0.0, b_max=1.0, clip=True)
-    else:
-        low, high = np.percentile(data, config.percentiles)
-        if high <= low:  # a constant volume: MONAI would divide by zero
-            return np.zeros_like(data)
-        scale = ScaleIntensityRangePercentiles(*config.percentiles, b_min=0.0, b_max=1.0, clip=True)
-    return np.asarray(scale(data), dtype=np.float32)
+        return _scale_to_unit(volume, *config.ct_window)
+    low, high = np.percentile(data, config.percentiles)
+    if high <= low:  # a constant volume: the scaling would divide by zero
+        return np.zeros_like(data)
+    return _scale_to_unit(volume, *(_percentile(volume, q) for q in config.percentiles))
+
+
+def _scale_to_unit(volume: torch.Tensor, low, high) -> np.ndarray:
+    """MONAI's ScaleIntensityRange(low, high, b_min=0, b_max=1, clip=True), op for op (so bit for bit: MONAI
+    itself is slow to import, and `samora-kit validate` reads volumes)."""
+    b_min, b_max = 0.0, 1.0
+    scaled = (volume - low) / (high - low)
+    return torch.clamp(scaled * (b_max - b_min) + b_min, b_min, b_max).numpy()
+
+
+def _percentile(volume: torch.Tensor, q: float) -> torch.Tensor:
+    """MONAI's percentile (what ScaleIntensityRangePercentiles takes): torch.quantile in float32, or
+    np.percentile for a volume too large for it; a 0-d float32 tensor."""
+    if volume.numel() > TORCH_QUANTILE_MAX:
+        return torch.as_tensor(np.percentile(volume.numpy(), np.asarray(q)), dtype=volume.dtype)
+    return torch.quantile(volume, torch.as_tensor(np.asarray(q) / 100.0, dtype=volume.dtype))

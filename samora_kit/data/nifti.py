@@ -5,22 +5,26 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 
 from ..errors import DataError
 from ..weights.io import atomic_write
 
+if TYPE_CHECKING:  # nibabel is slow to import: only where a file is read or written
+    import nibabel as nib
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 
 
 def read_nifti(path: str | Path, slice_axis: int = 2) -> tuple[np.ndarray, tuple[float, float, float], nib.Nifti1Image]:
     """Return (array Z,H,W with slice_axis moved first, spacing in (Z, H, W) order, the nibabel image).
 
     Floating data come back as float32; integer data keep their integer dtype."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
     path = Path(path)
     _check_axis(slice_axis, path)
     if not path.is_file():
@@ -28,7 +32,7 @@ def read_nifti(path: str | Path, slice_axis: int = 2) -> tuple[np.ndarray, tuple
     try:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)  # the lazy proxy reads (and decompresses) here
-    except _READ_ERRORS as exc:
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
         raise DataError(f"{path}: unreadable or truncated NIfTI file, expected a 3D .nii/.nii.gz image "
                         f"({type(exc).__name__}: {exc})") from None
     if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
@@ -58,6 +62,8 @@ def check_same_geometry(image: nib.Nifti1Image, label: nib.Nifti1Image, image_pa
 def write_nifti_like(reference_image: nib.Nifti1Image, array_zhw: np.ndarray, slice_axis: int,
                      path: str | Path) -> Path:
     """Write array_zhw (as read_nifti returned it) with the reference's affine and header, atomically."""
+    import nibabel as nib
+
     path = Path(path)
     _check_axis(slice_axis, path)
     suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)

@@ -16,7 +16,6 @@ from rich.table import Table
 from ..weights.io import atomic_write_text
 from .inference import predict_volume
 from .metrics import score_volume, summarise
-from .overlay import save_overlay
 
 
 def evaluate(model, adapter, policies: list[str], out_dir: Path, batch_size: int = 16,
@@ -24,6 +23,8 @@ def evaluate(model, adapter, policies: list[str], out_dir: Path, batch_size: int
              console: Console | None = None, precision: torch.dtype | None = None) -> dict:
     """Returns {policy: summary}; writes per_case.csv, summary.json and overlays/ under out_dir. The model
     runs on `device` (where it is) under autocast to `precision` (None: fp32)."""
+    from .overlay import save_overlay  # matplotlib is slow to import: `validate` imports this module
+
     console = console or Console()
     names = adapter.class_names
     per_case: dict[str, dict] = {p: {} for p in policies}

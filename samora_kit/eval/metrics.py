@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance
-from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 POLICIES = ("transunet", "strict")
 
@@ -74,6 +72,8 @@ def _surface_distances(
     result: np.ndarray, reference: np.ndarray, spacing: np.ndarray | None
 ) -> np.ndarray:
     """Distance from each border voxel of `result` to the nearest border voxel of `reference`."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure  # slow import
+
     footprint = generate_binary_structure(result.ndim, 1)
     result_border = result ^ binary_erosion(result, structure=footprint, iterations=1)
     reference_border = reference ^ binary_erosion(reference, structure=footprint, iterations=1)
@@ -106,6 +106,8 @@ def _score_strict(pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray) -> Clas
         diagonal = float(np.linalg.norm(np.asarray(pred.shape) * spacing))
         return ClassScore(0.0, diagonal, "miss" if gt.any() else "false_positive")
     dice = 2.0 * np.count_nonzero(pred & gt) / (np.count_nonzero(pred) + np.count_nonzero(gt))
+    from monai.metrics import compute_hausdorff_distance  # monai is slow to import: only when scoring
+
     # MONAI wants one-hot [batch, channel, *spatial]; it warns about its own internal argument
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="monai")

@@ -27,7 +27,8 @@ def compare_with_baselines(recipe, summary: dict | None, class_names: list[str],
     for other in load_baselines(recipe, session.registry):
         other_dir = run_dir_of(other)
         report = other_dir / "eval" / "summary.json"
-        if report.exists() and (other_dir / RECIPE_FILE).read_text() == dump_recipe(other):
+        if report.exists() and (other_dir / RECIPE_FILE).is_file() and \
+                (other_dir / RECIPE_FILE).read_text() == dump_recipe(other):
             session.console.print(f"compare: reusing the finished run {escape(str(other_dir))}")
         else:
             run_baseline(other, session, (other_dir / STATE_FILE).exists())

@@ -15,6 +15,7 @@ from ..interfaces import ContinualPretraining, ExpertPackSource
 from ..recipe import dump_recipe
 from ..train.loop import train
 from ..train.model import build_unlabelled_source
+from ..train.runfolder import STATE_FILE
 from ..weights.io import read_header, save_weights
 from .common import Session, fingerprint, run_dir_of, seed_everything
 
@@ -32,19 +33,26 @@ def train_experts(recipe, session: Session, resume: bool = False, only: list[str
     run folder; returns {expert name: pack path}."""
     run_dir = run_dir_of(recipe)
     with session.owned(run_dir):
-        session.write_run_files(run_dir, dump_recipe(recipe))
-        packs = _train_experts(recipe, session, run_dir, resume, only)
+        packs, trained = _train_experts(recipe, session, run_dir, resume, only)
     if session.ctx.is_main:
+        if not trained:
+            said = "--resume: nothing to resume, " if resume else ""
+            session.console.print(f"{said}every expert pack of {escape(str(run_dir))} is finished (this recipe); "
+                                  "nothing is trained or written again", soft_wrap=True)
         listing = "\n".join(f"  {escape(name)}: {escape(str(path))}" for name, path in packs.items())
         session.console.print(f"expert packs:\n{listing}")
     return packs
 
 
-def _train_experts(recipe, session: Session, run_dir: Path, resume: bool, only: list[str] | None) -> dict[str, Path]:
+def _train_experts(recipe, session: Session, run_dir: Path, resume: bool,
+                   only: list[str] | None) -> tuple[dict[str, Path], list[str]]:
+    """({expert name: pack path}, the names trained now); the run files are written before the first
+    expert that trains, so a stage whose packs are all reused is left as it is."""
     registry, console, ctx = session.registry, session.console, session.ctx
     adapter = build_unlabelled_source(recipe, registry)
     data_id = fingerprint(recipe.data, adapter.cases("train"))
     packs: dict[str, Path] = {}
+    trained: list[str] = []
     for entry in [e for e in recipe.experts if only is None or e.name in only]:
         key = fingerprint(recipe.backbone, recipe.train, recipe.run.seed, data_id, entry)
         pack_path = run_dir / EXPERTS_DIR / f"{entry.name}.safetensors"
@@ -52,6 +60,9 @@ def _train_experts(recipe, session: Session, run_dir: Path, resume: bool, only: 
             console.print(f"expert [bold]{escape(entry.name)}[/]: reusing {escape(str(pack_path))}")
             packs[entry.name] = pack_path
             continue
+        if not trained:
+            session.write_run_files(run_dir, dump_recipe(recipe))
+        trained.append(entry.name)
         seed_everything(recipe.run.seed)
         backbone = registry.get("backbone", recipe.backbone.name).build(recipe.backbone)
         if not isinstance(backbone, ExpertPackSource):
@@ -64,7 +75,8 @@ def _train_experts(recipe, session: Session, run_dir: Path, resume: bool, only: 
                       "unlabelled slices"
                       + (f", teacher {escape(entry.teacher.name)}" if entry.teacher else ", no teacher"))
         stage_dir = run_dir / STAGES_DIR / entry.name
-        result = train(task, dataset, recipe.train, recipe.run.seed, stage_dir, ctx, resume and stage_dir.exists(),
+        resumed = resume and (stage_dir / STATE_FILE).exists()  # an expert killed before its first state starts over
+        result = train(task, dataset, recipe.train, recipe.run.seed, stage_dir, ctx, resumed,
                        {"stage": "pretrain", "expert": entry.name}, session.show_progress,
                        compile_model=recipe.run.compile)
         if ctx.is_main:
@@ -72,10 +84,9 @@ def _train_experts(recipe, session: Session, run_dir: Path, resume: bool, only: 
                           "teacher_cpt": bool(entry.teacher and entry.teacher.cpt), "data_fingerprint": data_id}
             backbone.write_expert_pack(pack_path, entry.name, provenance=provenance, extra_header={
                 "recipe_fingerprint": key, "steps": result.steps, "final_loss": result.final_loss})
-            console.print(f"expert [bold]{escape(entry.name)}[/]: {result.steps} steps, final loss "
-                          f"{result.final_loss:.4f} -> {escape(str(pack_path))}")
+            console.print(f"expert [bold]{escape(entry.name)}[/]: {result.describe()} -> {escape(str(pack_path))}")
         packs[entry.name] = pack_path
-    return packs
+    return packs, trained
 
 
 def _teacher(entry, recipe, session: Session, run_dir: Path, dataset, data_id: str):

@@ -4,6 +4,7 @@ after ([compare]). Also the way back: a finished run folder rebuilt into its mod
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -21,11 +22,13 @@ from ..recipe import ValidationSection, dump_recipe, load_recipe, parse_recipe_t
 from ..train.loop import train
 from ..train.losses import DiceCELoss
 from ..train.model import SegmentationModel, SegmentationObjective, build_dataset, build_model
-from ..train.runfolder import RECIPE_FILE, STATE_FILE, WEIGHTS_FILE
-from ..weights.io import load_weights, save_weights
-from .common import Session, run_dir_of, seed_everything
+from ..train.runfolder import RECIPE_FILE, WEIGHTS_FILE
+from ..weights.io import load_weights, read_header, save_weights
+from .common import Session, prior_run, run_dir_of, seed_everything
 from .compare import compare_with_baselines
 from .pretrain_experts import train_experts
+
+SUMMARY_FILE = "eval/summary.json"
 
 
 def run_segment(recipe, session: Session, resume: bool = False) -> Path:
@@ -48,9 +51,14 @@ def train_and_evaluate(recipe, session: Session, resume: bool = False) -> tuple[
 def _train_and_evaluate(recipe, session: Session, run_dir: Path, resume: bool) -> tuple[dict | None, list[str]]:
     registry, console, ctx = session.registry, session.console, session.ctx
     resolved = dump_recipe(recipe)
-    _check_run_dir(run_dir, resolved, resume)
+    held = prior_run(run_dir, resolved, resume, WEIGHTS_FILE)
+    if held == "trained" and (run_dir / SUMMARY_FILE).is_file():
+        return _finished(recipe, session, run_dir, resume)
     seed_everything(recipe.run.seed)
     adapter = build_dataset(recipe, registry)
+    if held == "trained":  # stopped between its weights and its evaluation: evaluates only
+        return _evaluate_trained(recipe, session, run_dir, adapter)
+    resume = held == "resume"
     volumes = [adapter.load_case(c) for c in adapter.cases("train")]
     check_training_labels(volumes, console)
     model = build_model(recipe, registry, adapter.num_classes)
@@ -70,12 +78,46 @@ def _train_and_evaluate(recipe, session: Session, run_dir: Path, resume: bool) -
         return None, adapter.class_names
     weights = save_weights(run_dir / WEIGHTS_FILE, model.weights_to_save(),
                            {**header, "kind": "model-weights", "step": result.steps})
-    console.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; weights {escape(str(weights))}")
+    console.print(f"trained {result.describe()}; weights {escape(str(weights))}")
+    return _evaluate(model, recipe, session, run_dir, adapter), adapter.class_names
+
+
+def _evaluate(model: SegmentationModel, recipe, session: Session, run_dir: Path, adapter) -> dict:
+    """Score the trained model on the test cases into run_dir/eval and print the summary."""
+    console = session.console
     summary = evaluate(model, adapter, recipe.eval.policies, run_dir / "eval",
-                       recipe.eval.batch_size, ctx.device, recipe.eval.overlays, console)
+                       recipe.eval.batch_size, session.ctx.device, recipe.eval.overlays, console)
     console.print(summary_table(summary, adapter.class_names, f"{recipe.run.name}: test set"))
     console.print(f"reports: {escape(str(run_dir / 'eval'))}")
-    return summary, adapter.class_names
+    return summary
+
+
+def _evaluate_trained(recipe, session: Session, run_dir: Path, adapter) -> tuple[dict | None, list[str]]:
+    """A run whose training finished and whose evaluation did not: its weights evaluated, nothing trained."""
+    if not session.ctx.is_main:
+        return None, adapter.class_names
+    weights = run_dir / WEIGHTS_FILE
+    session.console.print(f"{escape(str(run_dir))}: trained {read_header(weights).get('step', '?')} steps earlier "
+                          f"(weights {escape(str(weights))}) but not evaluated; evaluating it", soft_wrap=True)
+    model = build_model(recipe, session.registry, adapter.num_classes)
+    load_model_weights(model, weights)
+    model = model.to(session.ctx.device).eval()
+    return _evaluate(model, recipe, session, run_dir, adapter), adapter.class_names
+
+
+def _finished(recipe, session: Session, run_dir: Path, resume: bool) -> tuple[dict, list[str]]:
+    """A finished run of this recipe: said so, with its summary; nothing is trained, evaluated or written."""
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    class_names = list(next(iter(summary.values()))["classes"])
+    if session.ctx.is_main:
+        console = session.console
+        steps = read_header(run_dir / WEIGHTS_FILE).get("step", "?")
+        said = "--resume: nothing to resume, " if resume else ""
+        console.print(f"{said}{escape(str(run_dir))} is finished ({steps} steps, this recipe); nothing is trained "
+                      "or written again (set run.output_dir=... for a new run)", soft_wrap=True)
+        console.print(summary_table(summary, class_names, f"{recipe.run.name}: test set"))
+        console.print(f"reports: {escape(str(run_dir / 'eval'))}")
+    return summary, class_names
 
 
 def _validation_set(recipe, adapter, model: SegmentationModel, ctx) -> ValidationSet | None:
@@ -173,19 +215,6 @@ def load_model_weights(model: SegmentationModel, path: Path) -> None:
                 raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
                                       f"the model expects {tuple(params[name].shape)}")
             params[name].copy_(tensor)
-
-
-def _check_run_dir(run_dir: Path, resolved: str, resume: bool) -> None:
-    saved = run_dir / RECIPE_FILE
-    if resume:
-        if not (run_dir / STATE_FILE).exists():
-            raise SamoraError(f"--resume: {run_dir / STATE_FILE} does not exist; nothing to resume")
-        if saved.exists() and saved.read_text() != resolved:
-            raise SamoraError(f"--resume: the recipe differs from {saved}; resume with the same "
-                              "recipe and overrides, or start a new run.output_dir")
-    elif (run_dir / STATE_FILE).exists() or (run_dir / WEIGHTS_FILE).exists():
-        raise SamoraError(f"{run_dir} already holds a run; pass --resume to continue it, or set "
-                          f"run.output_dir=... (or run.name=...) for a new one")
 
 
 def _count(model: torch.nn.Module) -> str:

@@ -1,6 +1,7 @@
-"""Training state as safetensors (no pickles): trainable weights, AdamW moments, position, and the
-random number generators' states (torch CPU and CUDA, numpy, Python), so that a resumed run draws
-what the uninterrupted one would have (pretext tasks draw their masks, noise and views from them)."""
+"""Training state as safetensors (no pickles): trainable weights, AdamW moments, position, the last
+step's loss, and the random number generators' states (torch CPU and CUDA, numpy, Python), so that a
+resumed run draws what the uninterrupted one would have (pretext tasks draw their masks, noise and
+views from them)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ from ..weights.io import load_weights, save_weights
 
 
 def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        header: dict) -> Path:
+                        header: dict, loss: torch.Tensor | None = None) -> Path:
+    """`loss` (the last step's, on the device) travels as a tensor: saving reads it with the weights,
+    with no read of its own."""
     named = _trainable(model)
     index = {id(p): name for name, p in named.items()}
     tensors = {f"model/{name}": p for name, p in named.items()}
+    if loss is not None:
+        tensors["loss"] = loss.detach().float().reshape(())
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
@@ -31,6 +36,7 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
 
 
 def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the state into `model` and `optimizer`; returns its header, with `loss` when it was saved."""
     tensors, header = load_weights(path)
     if header.get("kind") != "training-state":
         raise CheckpointError(f"{path}: not a samora-kit training state")
@@ -59,6 +65,8 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
         group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     if "rng" in header:
         _set_rng_state(tensors, header["rng"])
+    if "loss" in tensors:
+        header["loss"] = float(tensors["loss"])
     return header
 
 

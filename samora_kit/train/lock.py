@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import SamoraError
+from ..errors import SamoraError, WriteError, describe_os_error
 
 LOCK_FILE = "run.lock"
 
@@ -44,9 +44,11 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         previous = handle.read().strip()
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
-        handle.flush()
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+        try:  # unbuffered: a full disk fails here, naming the file, and leaves nothing to flush at release
+            os.write(handle.fileno(), holder.encode())
+        except OSError as exc:
+            raise WriteError(f"{run_dir / LOCK_FILE}: cannot be written ({describe_os_error(exc)})") from None
         removed = remove_interrupted_writes(run_dir)
         if previous or removed:
             Console(stderr=True).print(

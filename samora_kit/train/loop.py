@@ -6,7 +6,6 @@ so a resumed run and an N-process run see exactly the samples of a plain run.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +43,12 @@ class EpochValidation(Protocol):
 @dataclass
 class TrainResult:
     steps: int
-    final_loss: float
+    final_loss: float | None  # the last step's; a resumed run with no step left has its state's (None: unknown)
+
+    def describe(self) -> str:
+        """'60 steps, final loss 0.1234'."""
+        loss = f"final loss {self.final_loss:.4f}" if self.final_loss is not None else "final loss not recorded"
+        return f"{self.steps} steps, {loss}"
 
 
 def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Path,
@@ -71,12 +75,15 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
     probes = [m for m in objective.modules() if isinstance(m, Diagnostics)]
     state_path = run_dir / STATE_FILE
     step, elapsed_before = 0, 0.0  # wall seconds trained before this process (a resumed run's past)
+    saved_loss = None  # the loss of the resumed state's last step: the result when no step is left
     if resume:
         if not state_path.exists():
-            raise SamoraError(f"--resume: {state_path} does not exist; nothing to resume")
+            raise SamoraError(f"--resume: {state_path} does not exist; nothing to resume: the run stopped before "
+                              "its first checkpoint, and `run` without --resume starts it")
         resumed = load_training_state(state_path, objective, optimizer)
         step = resumed["step"]
         elapsed_before = float(resumed.get("elapsed_s", 0.0))
+        saved_loss = resumed.get("loss")
     header = {**(header or {}), "steps_per_epoch": steps_per_epoch}
     precision = autocast_dtype(train_cfg.amp, ctx.device)  # None: fp32
     scaler = torch.amp.GradScaler(ctx.device.type) if precision == torch.float16 else None  # fp16 needs loss scaling
@@ -148,13 +155,13 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
             if checkpointing and ctx.is_main:
                 scaling = {"grad_scaler": scaler.state_dict()} if scaler else {}
                 save_training_state(state_path, objective, optimizer,
-                                    {**header, **scaling, "step": step, "elapsed_s": clock.elapsed()})
+                                    {**header, **scaling, "step": step, "elapsed_s": clock.elapsed()}, last_loss)
             for callback in step_callbacks:
                 callback(step)
     finally:
         progress.close()
         log.close()
-    return TrainResult(step, float(last_loss) if last_loss is not None else math.nan)
+    return TrainResult(step, float(last_loss) if last_loss is not None else saved_loss)
 
 
 class TrainingClock:

@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from ..errors import CheckpointError
 
 
-def import_checkpoint(src: Path, out: Path, variant: str | None = None, format: str = "segment-anything",
+def import_checkpoint(src: Path | None, out: Path, variant: str | None = None, format: str = "segment-anything",
                       registry=None) -> tuple[Path, str]:
-    """`samora-kit weights import`: convert the official checkpoint `src` with the importer named `format`;
+    """`samora-kit weights import`: convert the official checkpoint `src` with the importer named `format`
+    (`src` None: the file the importer knows without being told, e.g. LiteMedSAM's bundled weights);
     returns (out, sha256 of out)."""
     if registry is None:
         from ..plugins import default_registry
@@ -29,4 +30,4 @@ def import_checkpoint(src: Path, out: Path, variant: str | None = None, format: 
         config = spec.config_model.model_validate({"variant": variant})
     except ValidationError as exc:
         raise CheckpointError(f"variant {variant!r} is not a {format} variant: {exc.errors()[0]['msg']}") from None
-    return spec.build(config, src=Path(src), out=Path(out))
+    return spec.build(config, src=None if src is None else Path(src), out=Path(out))

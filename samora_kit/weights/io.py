@@ -12,15 +12,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, WriteError, describe_os_error
+from ..errors import CheckpointError, SamoraError, WriteError, describe_os_error
 
 HEADER_KEY = "samora_kit"  # safetensors metadata key holding our JSON header
 
 
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp_path), then move tmp over path: readers never see half a file. A failure of the
-    file system (full disk, permissions) raises WriteError naming the file; the old file stays."""
+    file system (full disk, permissions) raises WriteError naming the file; the old file stays. A folder
+    where the file should go (`schema -o FOLDER`), or a file where a folder should, is a bad argument
+    (SamoraError), not a failure while running."""
     path = Path(path)
+    if path.is_dir():
+        raise SamoraError(f"{path}: is a folder; expected the path of a file to write")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise SamoraError(f"{path}: cannot be written: {blocker} is a file, not a folder")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,7 +17,9 @@ def load_pth_state_dict(path: Path, expected: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; expected {expected}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on the pickle (its protocol, ...) would precede our verdict
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and format errors all mean "not a weights-only checkpoint"
         raise CheckpointError(f"{path}: cannot be loaded as a weights-only PyTorch checkpoint "
                               f"({_reason(exc)}); expected {expected}") from None

@@ -31,7 +31,7 @@ EXAMPLE = {"grid": 2, "hidden_dim": 32}  # tiny: what the conformance suite buil
 
 
 class RegionConfig(ComponentConfig):
-    grid: int = Field(2, ge=1)            # tiles per side; must divide the backbone's token grid (image_size / 16)
+    grid: int = Field(2, ge=1)            # tiles per side; must divide the backbone's token grid (embed_grid)
     rotations: bool = True                # predict each tile's quarter turn
     permutation: bool = True              # shuffle the tiles and predict where each came from (grid >= 2)
     hidden_dim: int = Field(256, ge=1)    # hidden width of the two heads
@@ -103,8 +103,8 @@ def grid_problem(grid: int, backbone) -> str | None:
     if cells % grid == 0:
         return None
     fits = [d for d in range(1, cells + 1) if cells % d == 0]
-    return (f"must divide the backbone's {cells}-cell token grid ({backbone.image_size}-px images / 16); "
-            f"use one of {fits}")
+    return (f"must divide the backbone's {cells}-cell token grid ({backbone.image_size}-px images / "
+            f"{backbone.image_size // cells}); use one of {fits}")
 
 
 def build_region(config: RegionConfig, *, backbone, teacher=None) -> RegionPretext:
