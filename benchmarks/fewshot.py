@@ -61,7 +61,8 @@ from benchmarks.world.build import DEFAULT_ROOT as WORLD_ROOT, mini_sam_file, st
 DATASETS = ("hippocampus", "acdc")
 FOUNDATIONS = {"litemedsam": "lite_medsam.safetensors"}  # --foundation -> the imported file its recipes name  # recipes/fewshot/<dataset>_<recipe arm>.toml; ACDC has samed/samora
 DECODER_ONLY = ["backbone.lora.blocks=[]"]  # no LoRA, no experts: the frozen base, only the decoder trains
-SHORT, FULL = "train.epochs=10", "train.epochs=100"  # SAMora's epochs, SAMed's (the recipes' values)
+# SAMora's epochs, SAMed's: each recipe set's own (the samora and samed recipes' train.epochs, arm_extra)
+SHORT, FULL = "train.epochs=<samora's>", "train.epochs=<samed's>"
 ARMS = {  # name -> (recipe arm, overrides)
     "samed": ("samed", []),
     "samed_short": ("samed", [SHORT]),  # SAMed at SAMora's epochs
@@ -157,7 +158,7 @@ def main() -> None:
     if missing:
         sys.exit(f"no recipe {', '.join(missing)}: --arms for {args.dataset} use recipes "
                  f"{', '.join(_available(args))}")
-    extras = {arm: [*ARMS[arm][1], *(world_build_overrides(args.world_root, args.dataset, recipes[arm])
+    extras = {arm: [*arm_extra(arm, args), *(world_build_overrides(args.world_root, args.dataset, recipes[arm])
                                      if other_build else [])] for arm in args.arms}
 
     rows = ablations(args) if args.ablations else {}
@@ -178,7 +179,7 @@ def main() -> None:
     pairs = COMPARISONS + [(label, ABLATION_REFERENCE) for label in same_stage1] + ABLATION_COMPARISONS
     table = "\n".join([_markdown(results, command, args), _comparisons(results, pairs), _one_off_table(one_off)])
     if args.curves:
-        table += "\n" + _curves(args)
+        table += "\n" + _curves(args) + "\n" + _time_to_accuracy(args)
     print(table)
     if not args.no_docs:
         write_doc_block(REPO / "docs" / "benchmarks.md", args.docs_block, table)
@@ -250,6 +251,16 @@ def _recipe(args, recipe_arm: str) -> str:
 def _available(args) -> list[str]:
     return sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes" / args.recipes).glob(f"{args.dataset}_*.toml")
                   if "pretrain" not in p.name and "stage1" not in p.name)
+
+
+def arm_extra(arm: str, args) -> list[str]:
+    """The arm's own overrides, SHORT and FULL read as the recipe set's SAMora and SAMed epochs."""
+    epochs = {SHORT: "samora", FULL: "samed"}
+    return [f"train.epochs={_recipe_epochs(args, epochs[o])}" if o in epochs else o for o in ARMS[arm][1]]
+
+
+def _recipe_epochs(args, recipe_arm: str) -> int:
+    return load_recipe(REPO / _recipe(args, recipe_arm), default_registry()).train.epochs
 
 
 def arm_overrides(arm_extra: list[str], k: int, draw: int, out: Path) -> list[str]:
@@ -409,6 +420,38 @@ def _curves(args) -> str:
         save_curves_plot([group_curve(label, pattern) for label, pattern in groups], path)
         lines.append(f"![validation Dice during training, {args.dataset}, k = {k}]"
                      f"(figures/{path.name})")
+    return "\n".join(lines) + "\n"
+
+
+TIME_TO_ACCURACY = (("samora_full", "samed"), ("samora", "samed"))  # (arm, baseline), when both ran with curves
+
+
+def _time_to_accuracy(args) -> str:
+    """Per k and draw: the training wall time an arm needs to reach the baseline's final validation Dice, as a
+    ratio of the baseline's whole training time (validation time excluded on both sides); the mean ratio
+    over the draws that reached it, and how many did."""
+    from samora_kit.eval.curves import validation_records
+
+    lines = ["**Time to accuracy**: training seconds until the arm's validation Dice first reaches SAMed's final "
+             "validation Dice, over SAMed's training seconds (validation subjects only; scored every tenth of a "
+             "run, so a ratio is read at the first scoring past the crossing).", "",
+             "| arm | k | draws reaching SAMed's final val Dice | ratio of SAMed's wall time, mean [min, max] |",
+             "|---|---|---|---|"]
+    for arm, baseline in TIME_TO_ACCURACY:
+        for k in args.ks:
+            pairs = [(args.runs / f"{arm}-k{k}-d{d}", args.runs / f"{baseline}-k{k}-d{d}") for d in range(args.draws)]
+            pairs = [(a, b) for a, b in pairs if (a / "metrics.jsonl").exists() and (b / "metrics.jsonl").exists()]
+            if arm not in args.arms or baseline not in args.arms or not pairs:
+                continue
+            ratios = []
+            for arm_dir, base_dir in pairs:
+                base, own = validation_records(base_dir), validation_records(arm_dir)
+                target, seconds = base[-1]["val_dice"], base[-1]["elapsed_s"]
+                reached = next((r["elapsed_s"] for r in own if r["val_dice"] >= target), None)
+                if reached is not None:
+                    ratios.append(reached / seconds)
+            spread = f"{statistics.fmean(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]" if ratios else "never"
+            lines.append(f"| {LABELS.get(arm, arm)} | {k} | {len(ratios)} of {len(pairs)} | {spread} |")
     return "\n".join(lines) + "\n"
 
 

@@ -44,9 +44,9 @@ def _decoder(fewshot, arm: str, draw: int, base: Path, tmp_path: Path, recipes: 
              ) -> dict[str, torch.Tensor]:
     """The decoder an arm's run of `draw` starts from, built as `samora-kit run` builds it."""
     registry = default_registry()
-    recipe_arm, extra = fewshot.ARMS[arm]
-    overrides = [*fewshot.arm_overrides(extra, 3, draw, tmp_path / arm), f"backbone.checkpoint={base}"]
     where = SimpleNamespace(recipes=recipes, dataset="hippocampus")
+    recipe_arm, extra = fewshot.ARMS[arm][0], fewshot.arm_extra(arm, where)
+    overrides = [*fewshot.arm_overrides(extra, 3, draw, tmp_path / arm), f"backbone.checkpoint={base}"]
     recipe = load_recipe(REPO / fewshot._recipe(where, recipe_arm), registry, overrides)
     seed_everything(recipe.run.seed)
     return build_model(recipe, registry, num_classes=2).decoder.state_dict()
@@ -170,3 +170,31 @@ def test_the_arms_of_another_world_build_read_its_mini_sam_and_its_stage1_expert
     assert experts.experts[1].teacher.checkpoint == root / "teachers" / "mae_mini.pth"
     samed = load_recipe(REPO / "recipes" / "world" / "hippocampus_samed.toml", registry, arms["samed"])
     assert samed.backbone.checkpoint == samora.backbone.checkpoint and samed.pretrain is None
+
+
+def _validated(folder: Path, points: list[tuple[float, float]]) -> None:
+    """A run folder whose metrics.jsonl holds validation records (training seconds, val Dice)."""
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": 10 * (i + 1), "epoch": i + 1, "val_dice": dice, "elapsed_s": seconds}) + "\n"
+        for i, (seconds, dice) in enumerate(points)))
+
+
+def test_time_to_accuracy_is_the_arms_seconds_to_samed_final_dice_over_samed_seconds(fewshot, tmp_path):
+    _validated(tmp_path / "samed-k3-d0", [(100, 0.5), (200, 0.7), (400, 0.8)])
+    _validated(tmp_path / "samora_full-k3-d0", [(50, 0.6), (120, 0.81), (500, 0.82)])  # 120 / 400
+    _validated(tmp_path / "samed-k3-d1", [(100, 0.6), (300, 0.9)])
+    _validated(tmp_path / "samora_full-k3-d1", [(100, 0.5), (300, 0.85)])  # never reaches 0.9
+    args = SimpleNamespace(runs=tmp_path, ks=[3], draws=2, arms=["samed", "samora_full"])
+    table = fewshot._time_to_accuracy(args)
+    assert "| samora, SAMed's epochs | 3 | 1 of 2 | 0.30 [0.30, 0.30] |" in table
+    args.arms = ["samed"]
+    assert "| samora" not in fewshot._time_to_accuracy(args)
+
+
+def test_the_budget_is_where_the_best_validation_dice_stops_gaining_half_a_point():
+    choose = benchmark_module("choose_budget")
+    epochs = [10, 20, 30, 40, 50]
+    assert choose.plateau(epochs, [70.0, 78.0, 80.0, 80.3, 80.1], 0.5) == 30  # 80.3 is within 0.5 of 80.0
+    assert choose.plateau(epochs, [70.0, 78.0, 80.0, 81.0, 79.0], 0.5) == 40
+    assert choose.plateau(epochs, [80.0, 79.0, 78.0, 77.0, 76.0], 0.5) == 10  # never better than at first
