@@ -185,7 +185,7 @@ def test_overrides_show_up_in_the_resolved_recipe(recipe, capsys):
 
 
 def test_overrides_reach_list_items_and_a_switched_component_drops_the_old_keys(capsys):
-    stage1 = REPO / "recipes" / "quickstart_pretrain.toml"  # every file it names ships with a clone
+    stage1 = REPO / "recipes" / "tiny" / "quickstart_pretrain.toml"  # every file it names ships with a clone
     code, out, err = _cli(capsys, "validate", stage1, "experts.0.pretext.hidden_dim=8", "experts.2.pretext.name=mae")
     assert code == 0, err
     experts = _resolved(out)["experts"]
@@ -194,7 +194,7 @@ def test_overrides_reach_list_items_and_a_switched_component_drops_the_old_keys(
     code, _, err = _cli(capsys, "validate", stage1, "experts.3.name=x")
     assert code == 2 and "override experts.3.name: experts has 3 entries; expected an index 0..2" in _one_line(err)
 
-    samora = REPO / "recipes" / "quickstart.toml"  # HL-Attn keys (order, width, heads) dropped
+    samora = REPO / "recipes" / "tiny" / "quickstart.toml"  # HL-Attn keys (order, width, heads) dropped
     for overrides in (["fuser.name=lac", "fuser.init=0.5"], ["fuser.init=0.5", "fuser.name=lac"]):
         code, out, err = _cli(capsys, "validate", samora, *overrides)
         assert code == 0, err
