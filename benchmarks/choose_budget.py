@@ -51,7 +51,7 @@ def main() -> None:
     foundation_prerequisites(args.foundation, teachers_too=False)
     recipe = REPO / "recipes" / args.foundation / f"{args.dataset}_samed.toml"
     runs = REPO / "runs" / args.foundation / f"budget-{args.dataset}"
-    curves: dict[int, tuple[list[float], list[float], float]] = {}
+    curves: dict[int, tuple[list[float], list[float], float]] = {}  # size -> epochs, Dice, training seconds
     for size in args.sizes:
         out = runs / f"samed-s{size}-e{args.epochs}-k{args.k}-d{args.draw}"
         overrides = [*arm_overrides([f"backbone.image_size={size}", f"train.epochs={args.epochs}"], args.k,
@@ -74,11 +74,12 @@ def main() -> None:
     size = min(s for s in args.sizes if best - at(s, budget) < args.tolerance)
     command = shlex.join(["python", "benchmarks/choose_budget.py", *sys.argv[1:]])
     lines = [f"Command: `{command}` (runs in `{shown(runs)}/`; validation subjects only).", "",
-             "| input size | validated epochs | best validation Dice % (epoch) | plateau epoch | training s |",
-             "|---|---|---|---|---|"]
-    for s, (epochs, dice, seconds) in curves.items():
+             "| input size | validation Dice % at each validated epoch | best (epoch) | plateau epoch |",
+             "|---|---|---|---|"]
+    for s, (epochs, dice, _) in curves.items():
         peak = max(range(len(dice)), key=dice.__getitem__)
-        lines.append(f"| {s} | {len(epochs)} | {dice[peak]:.1f} ({epochs[peak]:g}) | {budgets[s]:g} | {seconds:.0f} |")
+        points = ", ".join(f"{d:.1f}" for d in dice)
+        lines.append(f"| {s} | {points} | {dice[peak]:.1f} ({epochs[peak]:g}) | {budgets[s]:g} |")
     lines += ["", f"**Full budget: {budget} epochs; input size: {size} px** (best validation Dice by then "
                   f"{at(size, budget):.1f}; tolerance {args.tolerance} Dice points)."]
     table = "\n".join(lines)
