@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
@@ -135,8 +136,20 @@ def component_type(registry: Registry, kind: str, task: str | None = None) -> An
     return Annotated[Union[tuple(variants)], Field(discriminator="name")]
 
 
+_MODELS: "weakref.WeakKeyDictionary[Registry, dict]" = weakref.WeakKeyDictionary()  # built models, per registry
+
+
 def recipe_model(registry: Registry, task: str) -> type[BaseModel]:
-    """The pydantic model of a recipe of `task` with the installed plugins' components."""
+    """The pydantic model of a recipe of `task` with the installed plugins' components (built once per
+    registry and task while the registry holds the same components: loading a recipe asks for it often)."""
+    key = (task, tuple((spec.kind, spec.name, spec.config_model) for spec in registry.specs()))
+    built = _MODELS.setdefault(registry, {})
+    if key not in built:
+        built[key] = _recipe_model(registry, task)
+    return built[key]
+
+
+def _recipe_model(registry: Registry, task: str) -> type[BaseModel]:
     common: dict[str, Any] = {
         "task": (Literal[task], ...),
         "run": (RunSection, RunSection()),
