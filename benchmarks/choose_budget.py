@@ -58,7 +58,9 @@ def main() -> None:
                                     args.draw, out), "eval.overlays=0"]
         resolved = load_recipe(recipe, default_registry(), overrides)
         overrides += [*validation_overrides(resolved, args.k, args.draw, args.epochs), f"validation.every={args.every}"]
-        seconds = float("nan") if (out / "eval" / "summary.json").exists() else _timed(recipe, overrides)
+        # an interrupted run resumes from its last state (no wall time is shown, so nothing is lost)
+        resume = (out / "checkpoints").is_dir()
+        seconds = float("nan") if (out / "eval" / "summary.json").exists() else _timed(recipe, overrides, resume)
         records = validation_records(out)
         curves[size] = ([r["epoch"] for r in records], [100 * r["val_dice"] for r in records],
                         records[-1]["elapsed_s"] if records else seconds)

@@ -39,6 +39,10 @@ def commands(recipes: list[str]) -> list[list[str]]:
     return [["--help"], ["plugins"], *(["validate", recipe] for recipe in recipes)]
 
 
+class CommandFailed(Exception):
+    """`samora-kit ARGV` exited non-zero (its message is the exception's)."""
+
+
 def seconds(argv: list[str], code: Path | None) -> float:
     """One run of `samora-kit ARGV` in a fresh interpreter, with `code`'s samora_kit (None: this checkout's)."""
     start = time.perf_counter()
@@ -46,7 +50,7 @@ def seconds(argv: list[str], code: Path | None) -> float:
                           env=_env(code))
     took = time.perf_counter() - start
     if done.returncode != 0:
-        sys.exit(f"samora-kit {' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        raise CommandFailed(f"samora-kit {' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return took
 
 
@@ -76,19 +80,27 @@ def baseline_code(commit: str, folder: Path) -> Path:
 
 
 def measure(argv: list[str], codes: dict[str, Path | None], repeats: int) -> dict[str, list[float]]:
-    """`repeats` timed runs per code, alternating between them, after one untimed run each (disk cache)."""
-    for code in codes.values():
-        seconds(argv, code)
+    """`repeats` timed runs per code, alternating between them, after one untimed run each (disk cache). A
+    baseline that cannot run the command (a recipe using what it lacks) gets no times; this checkout must."""
+    runnable = {}
+    for name, code in codes.items():
+        try:
+            seconds(argv, code)
+            runnable[name] = code
+        except CommandFailed as failed:
+            if name == "now":
+                sys.exit(str(failed))
+            print(f"{name}: {str(failed).splitlines()[-1].strip()}", flush=True)
     times: dict[str, list[float]] = {name: [] for name in codes}
     for _ in range(repeats):
-        for name, code in codes.items():
+        for name, code in runnable.items():
             times[name].append(seconds(argv, code))
     return times
 
 
 def table(rows: list[tuple[list[str], dict[str, list[float]], dict[str, list[str]]]], baseline: str | None) -> str:
     def figures(times: list[float]) -> str:
-        return f"{statistics.median(times):.2f} | {min(times):.2f}"
+        return f"{statistics.median(times):.2f} | {min(times):.2f}" if times else "cannot run it | —"
 
     head = "| command | " + (f"{baseline}: median s | min s | now: " if baseline else "") + \
            f"median s | min s | within {TARGET_S:g} s | model libraries imported |"
@@ -120,7 +132,7 @@ def main() -> None:
             heavy = {name: heavy_imports(argv, code) for name, code in codes.items()}
             rows.append((argv, times, heavy))
             print(f"samora-kit {' '.join(argv)}: " + ", ".join(
-                f"{name} median {statistics.median(t):.2f} s, min {min(t):.2f} s" for name, t in times.items()),
+                f"{name} median {statistics.median(t):.2f} s, min {min(t):.2f} s" for name, t in times.items() if t),
                 flush=True)
     now = "this checkout" + (f" against {args.baseline}" if args.baseline else "")
     text = (f"{now}: {args.repeats} runs of each command after one untimed run, {os.cpu_count()} CPUs, load average "

@@ -337,9 +337,9 @@ def _scaled(recipe: str, extra: list[str], scale: float) -> list[str]:
     return [f"train.epochs={max(1, round(epochs * scale))}"]
 
 
-def _timed(recipe: Path, overrides: list[str]) -> float:
+def _timed(recipe: Path, overrides: list[str], resume: bool = False) -> float:
     start = time.perf_counter()
-    run(recipe, overrides, False, ["benchmarks/fewshot.py", str(recipe), *overrides])
+    run(recipe, overrides, resume, ["benchmarks/fewshot.py", str(recipe), *overrides])
     return time.perf_counter() - start
 
 
