@@ -21,9 +21,7 @@ import sys
 from common import REPO, shown, write_doc_block
 from fewshot import FOUNDATIONS, _timed, arm_overrides, foundation_prerequisites, validation_overrides
 
-from samora_kit.eval.curves import validation_records
-from samora_kit.plugins import default_registry
-from samora_kit.recipe import load_recipe
+from samora_kit.api import default_registry, load_recipe, validation_records
 
 
 def plateau(epochs: list[float], dice: list[float], tolerance: float) -> float:

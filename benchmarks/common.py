@@ -18,10 +18,7 @@ from scipy.stats import t as t_distribution
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from samora_kit.plugins import default_registry  # noqa: E402
-from samora_kit.recipe import load_recipe  # noqa: E402
-from samora_kit.train.model import build_model  # noqa: E402
-from samora_kit.weights.io import atomic_write_text  # noqa: E402
+from samora_kit.api import atomic_write_text, build_model, default_registry, load_recipe  # noqa: E402
 
 
 def shown(path: Path) -> str:
@@ -205,7 +202,7 @@ def write_synapse_like(root: Path, slices: int, size: int = 512, seed: int = 0) 
 
 def synapse_slices(root: Path, image_size: int, seed: int = 0):
     """The training SliceDataset of a Synapse-layout folder with the recipes' default augmentation."""
-    from samora_kit.data.slices import AugmentConfig, SliceDataset
+    from samora_kit.api import AugmentConfig, SliceDataset
     from samora_kit_plugins.datasets.synapse import SynapseConfig, build_synapse
 
     adapter = build_synapse(SynapseConfig(root=root, list_dir="lists"))

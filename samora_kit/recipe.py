@@ -26,6 +26,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from .data.selection import CaseSelection
 from .data.slices import AugmentConfig
 from .errors import RecipeError
+from .interfaces import ValidationCases
 from .recipe_paths import pick_member, resolve_paths
 from .registry import Registry, did_you_mean
 from .train.schedule import DEFAULT_WARMUP
@@ -190,7 +191,7 @@ def _recipe_model(registry: Registry, task: str) -> type[BaseModel]:
 
 def validation_needs_cases(recipe):
     """[validation] says how to score data.val's cases; without them it would do nothing."""
-    if recipe.validation is not None and getattr(recipe.data, "val", None) is None:
+    if recipe.validation is not None and not (isinstance(recipe.data, ValidationCases) and recipe.data.val is not None):
         raise ValueError("validation: [validation] is set but data.val is not; name the cases to score "
                          "during training, e.g. data.val = { split_file = \"split.json\", key = \"val\" }")
     return recipe

@@ -12,7 +12,9 @@ no argument, every installed plugin. `check_component(spec)` is the same check w
 raises ConformanceError naming the kind, the name, the plugin and what broke.
 
 What each kind must do (a tiny context stands in for the core's):
-- every kind: its `example` validates against its config model and its factory has the kind's signature;
+- every kind: its `example` validates against its config model and its factory has the kind's signature; a
+  config with a capability the core reads (interfaces: ChainsExpertPacks, ContinualPretrainingConfig,
+  ValidationCases, IntensitySettings, SliceAxis) holds it with its types;
 - backbone: B,3,S,S in [0, 1] -> B,C,g,g (g = S / embed_stride) or a FeaturePyramid; gradients reach every
   trainable parameter and `trainable_state_dict` holds them all; a PretrainableBackbone's tokens and
   block outputs have the widths it declares; an ExpertPackSource writes a pack;
@@ -27,7 +29,7 @@ What each kind must do (a tiny context stands in for the core's):
   trains, saves, reloads and is frozen again;
 - fuser (dim 96, 3 heads, experts pixel/patch/image: the tiny SAM's blocks): K,N,L,C deltas -> N,L,C,
   `valid` accepted and padded tokens never reach real ones, the gradient of the output reaches every
-  trainable parameter (after fold_projection too); or, with `merges_lora`, K mixing weights that every
+  trainable parameter (after fold_projection too); or, a LoraMerger, K mixing weights that every
   trainable parameter moves.
 "Reaches every trainable parameter": each gets a finite gradient, some non-zero as built, and each a non-zero
 one once every all-zero parameter is moved off zero (a gate or LoRA B that starts at zero blocks what lies
@@ -53,9 +55,12 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from .errors import SamoraError
-from .interfaces import (Backbone, ContinualPretraining, DatasetAdapter, Decoder, DecoderObjective, EpochAware,
-                         ExpertPackSource, FeaturePyramid, PretrainableBackbone, PretextTask, Teacher, UnlabelledSource,
-                         embedding_of)
+from .data.intensity import IntensityConfig
+from .data.selection import CaseSelection
+from .interfaces import (Backbone, ChainsExpertPacks, ContinualPretraining, ContinualPretrainingConfig, DatasetAdapter,
+                         Decoder, DecoderObjective, EpochAware, ExpertPacks, ExpertPackSource, FeaturePyramid,
+                         IntensitySettings, LoraMerger, PretrainableBackbone, PretextTask, SliceAxis, Teacher,
+                         UnlabelledSource, ValidationCases, embedding_of)
 from .plugins import DISABLE_AUTOLOAD, LoadedPlugins, default_plugins, load_plugins
 from .registry import ComponentSpec, Registry, check_factory
 from .train.losses import DiceCELoss
@@ -168,9 +173,38 @@ def check_component(spec: ComponentSpec, registry: Registry | None = None, backb
             check.fail(f"example {spec.example!r} does not validate against {spec.config_model.__name__}: "
                        + "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()))
         check_factory(spec.kind, spec.name, spec.factory)
+    check_config_capabilities(check, spec.kind, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         KIND_CHECKS[spec.kind](check, config)
+
+
+def check_config_capabilities(check: "Check", kind: str, config: BaseModel) -> None:
+    """A config that has one of the capabilities the core reads (samora_kit.interfaces: ChainsExpertPacks,
+    ContinualPretrainingConfig, ValidationCases, IntensitySettings, SliceAxis) holds them with their types."""
+    if kind == "backbone" and isinstance(config, ChainsExpertPacks) and config.experts is not None:
+        experts = config.experts
+        check.expect(isinstance(experts, ExpertPacks) and isinstance(experts.names, list)
+                     and all(isinstance(n, str) for n in experts.names) and isinstance(experts.packs, dict),
+                     f"its config's experts is {experts!r}; expected an ExpertPacks section (names: list[str], "
+                     "packs: dict[str, Path], model_copy) or None")
+    if kind == "teacher" and isinstance(config, ContinualPretrainingConfig):
+        check.expect(isinstance(config.cpt, bool) and isinstance(config.cpt_epochs, int) and config.cpt_epochs >= 0,
+                     f"its config has cpt = {config.cpt!r}, cpt_epochs = {config.cpt_epochs!r}; expected a bool "
+                     "and a whole number of epochs (ContinualPretrainingConfig)")
+    if kind != "dataset":
+        return
+    if isinstance(config, ValidationCases):
+        check.expect(config.val is None or isinstance(config.val, CaseSelection),
+                     f"its config's val is {config.val!r}; expected a CaseSelection or None (ValidationCases)")
+        check.expect(isinstance(config.root, Path), f"its config's root is {config.root!r}; expected a Path "
+                                                    "(ValidationCases resolves val against it)")
+    if isinstance(config, IntensitySettings):
+        check.expect(isinstance(config.intensity, IntensityConfig),
+                     f"its config's intensity is {config.intensity!r}; expected an IntensityConfig (IntensitySettings)")
+    if isinstance(config, SliceAxis):
+        check.expect(config.slice_axis in (0, 1, 2) and isinstance(config.slice_axis, int),
+                     f"its config's slice_axis is {config.slice_axis!r}; expected 0, 1 or 2 (SliceAxis)")
 
 
 class Check:
@@ -494,10 +528,7 @@ def check_teacher(check: Check, config: BaseModel) -> None:
 def check_fuser(check: Check, config: BaseModel) -> None:
     fuser = check.build(config, **FUSER_CONTEXT)
     k, dim = len(FUSER_CONTEXT["expert_names"]), FUSER_CONTEXT["dim"]
-    merges = getattr(fuser, "merges_lora", None)
-    check.expect(isinstance(merges, bool), "has no boolean attribute merges_lora (False: it fuses the experts' "
-                                           "deltas; True: it merges their LoRA through mixing_weights())")
-    if merges:
+    if isinstance(fuser, LoraMerger):
         with check.doing("mixing_weights()"):
             weights = fuser.mixing_weights()
         check.expect(_shape(weights) == str((k,)) and weights.requires_grad,

@@ -60,8 +60,6 @@ class AwakeTeacher(nn.Module):
 
 
 class NoValidFuser(nn.Module):
-    merges_lora = False
-
     def forward(self, deltas: torch.Tensor) -> torch.Tensor:
         return deltas.sum(0)
 
@@ -127,6 +125,36 @@ def test_a_component_that_breaks_its_contract_fails_naming_kind_name_and_problem
     assert problem in message
 
 
+
+class LooseCptConfig(ComponentConfig):  # the capability's names with the wrong types
+    cpt: str = "yes"
+    cpt_epochs: int = 1
+
+
+class SidewaysConfig(ComponentConfig):
+    slice_axis: int = 3
+
+
+@pytest.mark.parametrize("kind, config, problem", [
+    ("teacher", LooseCptConfig, "its config has cpt = 'yes', cpt_epochs = 1; expected a bool and a whole number "
+                                "of epochs (ContinualPretrainingConfig)"),
+    ("dataset", SidewaysConfig, "its config's slice_axis is 3; expected 0, 1 or 2 (SliceAxis)"),
+])
+def test_a_config_capability_with_the_wrong_types_fails_before_anything_is_built(monkeypatch, kind, config, problem):
+    """The core reads teacher.cpt and data.slice_axis through the interfaces' config capabilities; a config
+    that has their names must hold their types, or the core would misread it."""
+    plugin = types.ModuleType("loose_capabilities")
+
+    def never_built(config):
+        raise AssertionError("the config is checked before the component is built")
+
+    plugin.samora_kit_register = hookimpl(lambda registry: registry.add(kind, "loose", config, never_built))
+    monkeypatch.setenv(DISABLE_AUTOLOAD, "1")
+    loaded = load_plugins(extra=[plugin])
+    with pytest.raises(ConformanceError, match="loose") as failure:
+        check_component(loaded.registry.get(kind, "loose"), loaded.registry)
+    assert problem in str(failure.value)
+
 def test_the_suite_selects_only_the_named_plugins_components(monkeypatch):
     monkeypatch.setenv(DISABLE_AUTOLOAD, "1")
     plugin = broken_plugin()
@@ -151,8 +179,6 @@ def test_an_unknown_plugin_name_is_refused_listing_the_installed_ones():
 
 class SpareParameterFuser(nn.Module):
     """Sums the deltas with a learnt scale; `spare` is never used."""
-
-    merges_lora = False
 
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -23,8 +23,6 @@ ATOL = 1e-5
 class SumFuser(nn.Module):
     """Sums the deltas it is given (after the projection: it has no fold_projection)."""
 
-    merges_lora = False
-
     def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
         super().__init__()
         self.dim, self.num_heads = dim, num_heads
@@ -40,8 +38,6 @@ class SumFuser(nn.Module):
 class ZeroProjFuser(nn.Module):
     """A zero-initialised projection of the summed deltas: output zero, gradients not."""
 
-    merges_lora = False
-
     def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, dim)
@@ -53,7 +49,6 @@ class ZeroProjFuser(nn.Module):
 
 
 class MergeFuser(nn.Module):
-    merges_lora = True
     init = (0.5, -1.0, 2.0)
 
     def __init__(self, dim: int, num_heads: int, expert_names: list[str]) -> None:
@@ -69,8 +64,6 @@ class MergeFuser(nn.Module):
 
 class Unfolded(nn.Module):
     """Hides a fuser's fold_projection: the block then projects every variant and hands it D_i."""
-
-    merges_lora = False
 
     def __init__(self, fuser: nn.Module) -> None:
         super().__init__()
@@ -415,8 +408,6 @@ def test_experts_need_a_fuser_and_valid_names():
     with pytest.raises(ValidationError):
         config(experts={"names": ["image"], "scope": "mlp"})
     class NoMask(nn.Module):  # a fuser written before the padding mask existed
-        merges_lora = False
-
         def forward(self, deltas):
             return deltas.sum(0)
 

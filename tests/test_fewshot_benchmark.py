@@ -14,7 +14,7 @@ from samora_kit.plugins import default_registry
 from samora_kit.recipe import dump_recipe, load_recipe
 from samora_kit.flows.common import seed_everything
 from samora_kit.train.model import build_model
-from samora_kit_plugins.lora.checkpoints import save_sam_layout
+from samora_kit_plugins.sam_weights import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 
 from benchmarks.world.build import SCALES, stage1_overrides

@@ -1,5 +1,6 @@
 """The core's layout: no core module imports a plugin, the core's imports (late ones inside
-functions included) form no circle, and loading the plugins imports no model library."""
+functions included) form no circle, loading the plugins imports no model library, and what lives outside
+the core (plugins, examples, the evidence harness) imports only its public API (samora_kit.api)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,47 @@ def _absolute(module: str | None, level: int, package: str) -> str:
         return module or ""
     parts = package.split(".")[: len(package.split(".")) - level + 1]
     return ".".join(parts + ([module] if module else []))
+
+
+REPO = CORE.parent
+PUBLIC = {"samora_kit.api", "samora_kit.testing"}  # what code outside the core may import
+# outside the core: the built-in plugins, the example plugin, and the evidence harness (the miniature world
+# and the real-foundation benchmarks, with their shared helpers)
+OUTSIDE = [*sorted((REPO / "plugins").rglob("*.py")), *sorted((REPO / "examples").rglob("*.py")),
+           *sorted((REPO / "benchmarks" / "world").rglob("*.py")),
+           *(REPO / "benchmarks" / name for name in ("common.py", "fewshot.py", "choose_budget.py",
+                                                    "litemedsam_zero_shot.py"))]
+
+
+def private_core_imports(path: Path) -> list[str]:
+    """'line: module' for each import of a core module other than the public ones in `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                   else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+        found += [f"{node.lineno}: {m}" for m in modules
+                  if (m == "samora_kit" or m.startswith("samora_kit.")) and m not in PUBLIC]
+    return found
+
+
+def test_plugins_examples_and_the_evidence_harness_import_only_the_public_api():
+    offenders = {str(path.relative_to(REPO)): private for path in OUTSIDE if (private := private_core_imports(path))}
+    assert not offenders, f"import these from samora_kit.api instead: {offenders}"
+
+
+def test_the_layout_check_sees_a_private_import(tmp_path):
+    module = tmp_path / "plugin.py"
+    module.write_text("from samora_kit.api import SamoraError\n\ndef f():\n    from samora_kit.train.loop import train\n")
+    assert private_core_imports(module) == ["4: samora_kit.train.loop"]
+
+
+def test_every_public_name_resolves_and_the_api_module_loads_no_torch():
+    code = ("import sys, samora_kit.api as api; assert 'torch' not in sys.modules, 'torch'; "
+            "missing = [n for n in api.__all__ if getattr(api, n, None) is None]; print(len(api.__all__), missing)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    count, missing = done.stdout.split(" ", 1)
+    assert int(count) > 50 and missing.strip() == "[]"
 
 
 def test_no_core_module_imports_a_plugin():

@@ -16,7 +16,7 @@ from samora_kit.recipe import load_recipe
 from samora_kit.runner import run
 from samora_kit.weights.imports import import_checkpoint
 from samora_kit_plugins.decoders.samed2 import Samed2Decoder, official_key
-from samora_kit_plugins.lora.checkpoints import save_sam_layout
+from samora_kit_plugins.sam_weights import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 from samora_kit_plugins.sam2 import Sam2BackboneConfig, build_sam2_backbone
 

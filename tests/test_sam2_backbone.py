@@ -19,7 +19,7 @@ from samora_kit.plugins import DISABLE_AUTOLOAD, load_plugins
 from samora_kit.weights.checksummed import sidecar_path
 from samora_kit.weights.imports import import_checkpoint
 from samora_kit_plugins.lora import LoRAQKV
-from samora_kit_plugins.lora.checkpoints import read_sam_weights
+from samora_kit_plugins.sam_weights import read_sam_weights
 from samora_kit_plugins.lora.expert_pack import load_expert_pack, save_expert_pack
 from samora_kit_plugins.sam2 import (PIXEL_MEAN, PIXEL_STD, Sam2Backbone, Sam2BackboneConfig, build_sam2_backbone,
                                      image_encoder_node)
@@ -37,8 +37,6 @@ class ZeroFuser(SumFuser):
 
 
 class MergeFuser(nn.Module):
-    merges_lora = True
-
     def __init__(self, dim: int, num_heads: int, names: list[str]) -> None:
         super().__init__()
         self.weights = nn.Parameter(torch.tensor([0.5, -1.0, 2.0][:len(names)]))

@@ -1,5 +1,6 @@
 """The training loop: distributed equivalence, exact resume after a kill, divergence."""
 
+import functools
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import torch
 
 from samora_kit.cli import main
 from samora_kit.errors import TrainingDiverged
-from samora_kit.train import loop
+from samora_kit import runner
 from samora_kit.weights.io import load_weights
 
 from .synthetic import STAGE1_EXPERTS, armed, pool_recipe, snapshot, tiny_recipe, write_decathlon
@@ -150,7 +151,7 @@ def test_nothing_to_resume_after_a_kill_before_the_first_state_says_a_plain_run_
     def interrupt(step: int) -> None:
         raise KeyboardInterrupt  # Ctrl-C at step 1; the first state is saved at step 2
 
-    monkeypatch.setattr(loop, "step_callbacks", [interrupt])
+    monkeypatch.setattr(runner, "run", functools.partial(runner.run, step_callbacks=[interrupt]))  # what the CLI calls
     assert _main(capsys, "run", recipe, "eval.overlays=0")[0] == 130
     monkeypatch.undo()
     assert (run_dir / "recipe.resolved.toml").exists() and not (run_dir / "checkpoints").exists()

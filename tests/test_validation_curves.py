@@ -41,9 +41,9 @@ def recipe(tmp_path):
     return make
 
 
-def _train(path: Path, *overrides: str) -> Path:
+def _train(path: Path, *overrides: str, step_callbacks=()) -> Path:
     run(path, [*QUICK, *overrides], False, ["samora-kit", "run", str(path)], Console(file=io.StringIO()),
-        show_progress=False)
+        show_progress=False, step_callbacks=step_callbacks)
     return path.with_suffix("")
 
 
@@ -113,8 +113,7 @@ def test_a_run_with_validation_trains_exactly_the_weights_of_one_without(recipe,
             (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()))
 
     for name, extra in (("plain", []), ("validated", [VAL])):
-        monkeypatch.setattr(loop, "step_callbacks", [generators(name)])
-        _train(recipe(name, epochs=2), *extra)
+        _train(recipe(name, epochs=2), *extra, step_callbacks=[generators(name)])
     plain, validated = (load_weights(recipe(n).with_suffix("") / "weights.safetensors")[0]
                         for n in ("plain", "validated"))
     assert plain.keys() == validated.keys()

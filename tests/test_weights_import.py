@@ -13,7 +13,7 @@ from torch import nn
 from samora_kit.errors import CheckpointError
 from samora_kit.weights.checksummed import sidecar_path
 from samora_kit.weights.io import load_weights, save_weights, sha256_of
-from samora_kit_plugins.lora.checkpoints import read_sam_weights
+from samora_kit_plugins.sam_weights import read_sam_weights
 from samora_kit_plugins.sam import import_sam_checkpoint
 
 

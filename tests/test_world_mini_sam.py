@@ -14,12 +14,11 @@ from benchmarks.world import mini_sam
 from samora_kit.errors import SamoraError
 from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
-from samora_kit.train import loop
 from samora_kit.train.model import build_model
 from samora_kit.weights.io import load_weights
 from samora_kit_plugins.datasets.scenes import ScenesConfig, build_scenes
 from samora_kit_plugins.decoders.samed import REINITIALISED
-from samora_kit_plugins.lora.checkpoints import save_sam_layout
+from samora_kit_plugins.sam_weights import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 
 SIZE = 64
@@ -234,10 +233,9 @@ def test_an_interrupted_build_resumes_and_exports_what_an_uninterrupted_one_does
         if step == 3:
             raise Interrupted
 
-    monkeypatch.setattr(loop, "step_callbacks", [stop_after_step_3])
     with pytest.raises(Interrupted):
-        mini_sam.build_mini_sam(settings, encoder_file, tmp_path / "cut", show_progress=False)
-    monkeypatch.setattr(loop, "step_callbacks", [])
+        mini_sam.build_mini_sam(settings, encoder_file, tmp_path / "cut", show_progress=False,
+                                step_callbacks=[stop_after_step_3])
     assert json.loads((tmp_path / "cut" / "mini_sam.json").read_text())["status"] == "training"
     resumed = mini_sam.build_mini_sam(settings, encoder_file, tmp_path / "cut", show_progress=False)
     assert resumed["resumed"] and resumed["steps"] == 4 and resumed["fingerprint"] == whole["fingerprint"]

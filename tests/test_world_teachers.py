@@ -18,9 +18,8 @@ from samora_kit.errors import SamoraError
 from samora_kit.plugins import default_registry
 from samora_kit.recipe import load_recipe
 from samora_kit.runner import run
-from samora_kit.train import loop
 from samora_kit.weights.io import load_weights, read_header
-from samora_kit_plugins.lora.checkpoints import save_sam_layout
+from samora_kit_plugins.sam_weights import save_sam_layout
 from samora_kit_plugins.sam import SamBackboneConfig, build_sam_backbone
 
 from .conftest import shared_dataset
@@ -171,10 +170,9 @@ def test_an_interrupted_build_resumes_and_exports_the_uninterrupted_teacher(tmp_
     def kill_after_the_first_step(step: int) -> None:  # called after the step's checkpoint
         if step == 1:
             raise Killed
-    monkeypatch.setattr(loop, "step_callbacks", [kill_after_the_first_step])
     with pytest.raises(Killed):
-        teachers.build_teachers(settings, tmp_path / "cut", ["simclrv2"], show_progress=False)
-    monkeypatch.setattr(loop, "step_callbacks", [])
+        teachers.build_teachers(settings, tmp_path / "cut", ["simclrv2"], show_progress=False,
+                                step_callbacks=[kill_after_the_first_step])
     resumed = teachers.build_teachers(settings, tmp_path / "cut", ["simclrv2"], show_progress=False)["simclrv2"]
     assert (resumed["resumed_at"], resumed["steps"]) == (1, 2)
     a, b = official_tensors(tmp_path / "whole" / whole["pth"]), official_tensors(tmp_path / "cut" / resumed["pth"])

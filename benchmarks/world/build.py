@@ -28,12 +28,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from samora_kit.devices import resolve_device
-from samora_kit.flows.common import fingerprint
-from samora_kit.plugins import default_registry
-from samora_kit.recipe import load_recipe
-from samora_kit.runner import run
-from samora_kit.weights.io import atomic_write_text, sha256_of
+from samora_kit.api import (atomic_write_text, default_registry, fingerprint, load_recipe, resolve_device, run,
+                            sha256_of)
 
 from benchmarks.common import REPO, shown
 from benchmarks.world import mini_sam, teachers

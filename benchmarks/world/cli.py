@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from samora_kit.errors import SamoraError
+from samora_kit.api import SamoraError
 
 from benchmarks.common import REPO, write_doc_block
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from samora_kit.errors import SamoraError
+from samora_kit.api import SamoraError
 
 from benchmarks.common import paired_difference, shown
 from benchmarks.world.build import TARGETS, World

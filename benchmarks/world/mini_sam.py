@@ -43,6 +43,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,18 +54,9 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from samora_kit.devices import resolve_device
-from samora_kit.errors import SamoraError
-from samora_kit.flows.common import fingerprint, seed_everything
-from samora_kit.plugins import default_registry
-from samora_kit.recipe import TrainSection
-from samora_kit.train.distributed import DistContext
-from samora_kit.train.lock import run_folder_lock
-from samora_kit.train.loop import train
-from samora_kit.train.runfolder import STATE_FILE
-from samora_kit.weights.checksummed import sidecar_digest
-from samora_kit.weights.imports import import_checkpoint
-from samora_kit.weights.io import atomic_write, atomic_write_text, read_header, sha256_of
+from samora_kit.api import (DistContext, STATE_FILE, SamoraError, StepCallback, TrainSection, atomic_write,
+                            atomic_write_text, default_registry, fingerprint, import_checkpoint, read_header,
+                            resolve_device, run_folder_lock, seed_everything, sha256_of, sidecar_digest, train)
 from samora_kit_plugins.decoders.samed import IOU_HEAD_HIDDEN, MASK_IN_CHANS, default_mlp_dim, default_num_heads
 from samora_kit_plugins.sam import SamBackboneConfig, build_image_encoder, build_sam_backbone
 
@@ -409,8 +401,10 @@ def source_datasets(settings: Settings, image_size: int, kvasir_root: Path) -> t
 
 
 def build_mini_sam(settings: Settings, encoder: Path, out: Path, *, kvasir_root: Path = KVASIR_ROOT,
-                   device: torch.device = torch.device("cpu"), show_progress: bool = True) -> dict:
-    """Train (or resume, or reuse) the mini-SAM in `out`; return its record (mini_sam.json)."""
+                   device: torch.device = torch.device("cpu"), show_progress: bool = True,
+                   step_callbacks: Sequence[StepCallback] = ()) -> dict:
+    """Train (or resume, or reuse) the mini-SAM in `out`; return its record (mini_sam.json). The training
+    loop calls `step_callbacks` after every step."""
     header = read_header(encoder)
     variant, image_size = header.get("variant", "tiny"), settings.image_size or header.get("source_image_size")
     if image_size is None:
@@ -446,7 +440,7 @@ def build_mini_sam(settings: Settings, encoder: Path, out: Path, *, kvasir_root:
                                  checkpoint_every=settings.checkpoint_every, log_every=10, num_workers=settings.num_workers)
         started = time.perf_counter()
         result = train(model, dataset, train_cfg, settings.seed, out, DistContext(device=device), resume,
-                       {"stage": "mini-sam"}, show_progress)
+                       {"stage": "mini-sam"}, show_progress, step_callbacks=step_callbacks)
         seconds = time.perf_counter() - started
         after = {name: held_out_miou(model, data_set, settings.prompts_per_image, settings.seed, device)
                  for name, data_set in held_out.items()}

@@ -43,6 +43,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,15 +51,9 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from samora_kit.errors import SamoraError
-from samora_kit.flows.common import fingerprint, seed_everything
-from samora_kit.plugins import default_registry
-from samora_kit.recipe import TrainSection
-from samora_kit.train.distributed import DistContext
-from samora_kit.train.lock import run_folder_lock
-from samora_kit.train.loop import train
-from samora_kit.train.runfolder import STATE_FILE
-from samora_kit.weights.io import atomic_write, atomic_write_text, read_header, sha256_of
+from samora_kit.api import (DistContext, STATE_FILE, SamoraError, StepCallback, TrainSection, atomic_write,
+                            atomic_write_text, default_registry, fingerprint, read_header, run_folder_lock,
+                            seed_everything, sha256_of, train)
 
 from benchmarks.world.cli import add_common_flags, exit_code, preset_with_flags
 
@@ -193,9 +188,11 @@ def first_logged_loss(run_dir: Path) -> float | None:
 
 
 def build_teacher(key: str, settings: Settings, out: Path, dataset: Dataset, data: dict, *, registry=None,
-                  device: torch.device = torch.device("cpu"), show_progress: bool = True) -> dict:
+                  device: torch.device = torch.device("cpu"), show_progress: bool = True,
+                  step_callbacks: Sequence[StepCallback] = ()) -> dict:
     """Train (or resume, or reuse) one mini-teacher in `out`, export it, check that the registry's loader
-    gives it back bit for bit; return its record (out/<name>.json). The caller holds out's lock."""
+    gives it back bit for bit; return its record (out/<name>.json). The caller holds out's lock; the
+    training loop calls `step_callbacks` after every step."""
     registry = registry or default_registry()
     name, stem = TEACHERS[key]
     plan: TeacherPlan = getattr(settings, key)
@@ -231,7 +228,7 @@ def build_teacher(key: str, settings: Settings, out: Path, dataset: Dataset, dat
                              log_every=10, num_workers=settings.num_workers)
     started = time.perf_counter()
     result = train(objective, dataset, train_cfg, settings.seed, run_dir, DistContext(device=device), resume,
-                   {"stage": f"world-teacher-{stem}"}, show_progress)
+                   {"stage": f"world-teacher-{stem}"}, show_progress, step_callbacks=step_callbacks)
     seconds = time.perf_counter() - started
     bn = precise_batchnorm(objective, dataset, settings.bn_batches, plan.batch_size, settings.seed, device)
     teacher.cpu().freeze()
@@ -256,13 +253,13 @@ def build_teacher(key: str, settings: Settings, out: Path, dataset: Dataset, dat
 
 def build_teachers(settings: Settings, out: Path, keys: list[str] | tuple[str, ...] = tuple(TEACHERS), *,
                    kvasir_root: Path = KVASIR_ROOT, device: torch.device = torch.device("cpu"),
-                   show_progress: bool = True) -> dict[str, dict]:
+                   show_progress: bool = True, step_callbacks: Sequence[StepCallback] = ()) -> dict[str, dict]:
     """Every teacher named in `keys`, in `out` (locked while it runs); returns {key: record}."""
     registry = default_registry()
     dataset, data = source_images(settings, kvasir_root, registry)
     with run_folder_lock(out):
         return {key: build_teacher(key, settings, out, dataset, data, registry=registry, device=device,
-                                   show_progress=show_progress) for key in keys}
+                                   show_progress=show_progress, step_callbacks=step_callbacks) for key in keys}
 
 
 def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
@@ -286,7 +283,7 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from samora_kit.devices import resolve_device
+    from samora_kit.api import resolve_device
 
     settings, args = parse_args(sys.argv[1:] if argv is None else argv)
 

@@ -2,7 +2,7 @@
 no-download MNI152 demo, the unlabelled pool of stage-1 pre-training, and the source domain of the miniature
 world (issue 11): Kvasir-SEG read in place and generated "segment everything" scenes."""
 
-from samora_kit.hookspecs import hookimpl
+from samora_kit.api import hookimpl
 
 from . import acdc, convert, decathlon, kvasir_seg, la, mni152_demo, promise12, scenes, synapse, unlabelled_pool
 

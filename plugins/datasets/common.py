@@ -9,10 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from samora_kit.data.intensity import IntensityConfig
-from samora_kit.data.selection import CaseSelection
-from samora_kit.errors import DataError, SamoraError
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import CaseSelection, ComponentConfig, DataError, IntensityConfig, SamoraError
 
 if TYPE_CHECKING:  # h5py is slow to import: only where a file is read
     import h5py

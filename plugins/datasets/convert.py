@@ -13,9 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from samora_kit.errors import DataError
-from samora_kit.registry import ComponentConfig
-from samora_kit.weights.io import atomic_write, atomic_write_text
+from samora_kit.api import ComponentConfig, DataError, atomic_write, atomic_write_text
 
 from . import la
 from . import promise12 as p12

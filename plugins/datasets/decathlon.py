@@ -7,11 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from samora_kit.data.intensity import normalise
-from samora_kit.data.nifti import check_same_geometry, read_nifti
-from samora_kit.data.volume import Volume
-from samora_kit.errors import DataError
-from samora_kit.registry import did_you_mean
+from samora_kit.api import DataError, Volume, check_same_geometry, did_you_mean, normalise, read_nifti
 
 from .common import DatasetConfig, SplitCases, check_num_classes, check_same_shape, checked_label, existing_dir
 

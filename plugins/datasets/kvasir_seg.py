@@ -20,10 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field
 
-from samora_kit.data.selection import CaseSelection
-from samora_kit.data.volume import Volume
-from samora_kit.errors import DataError
-from samora_kit.registry import ComponentConfig, did_you_mean
+from samora_kit.api import CaseSelection, ComponentConfig, DataError, Volume, did_you_mean
 
 from .common import SplitCases, existing_dir
 from .instances import IndexedItems, as_instance_item, as_tensor_image, instance_masks, luminance, min_pixels

@@ -17,11 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from samora_kit.data.intensity import IntensityConfig, normalise
-from samora_kit.data.selection import CaseSelection
-from samora_kit.data.volume import Volume
-from samora_kit.errors import DataError
-from samora_kit.registry import did_you_mean
+from samora_kit.api import CaseSelection, DataError, IntensityConfig, Volume, did_you_mean, normalise
 
 from .common import DatasetConfig, SplitCases, check_num_classes, checked_label, existing_dir, h5_datasets
 

@@ -21,14 +21,8 @@ import torch
 from torch.utils.data import Dataset
 from pydantic import Field
 
-from samora_kit.data.intensity import IntensityConfig, normalise
-from samora_kit.data.nifti import read_nifti
-from samora_kit.data.selection import CaseSelection
-from samora_kit.data.slices import slice_to_model_input
-from samora_kit.data.volume import Volume
-from samora_kit.errors import DataError
-from samora_kit.extras import missing_message
-from samora_kit.registry import ComponentConfig, did_you_mean
+from samora_kit.api import (CaseSelection, ComponentConfig, DataError, IntensityConfig, Volume, did_you_mean,
+                            missing_message, normalise, read_nifti, slice_to_model_input)
 
 from .common import SplitCases, check_num_classes
 

@@ -20,9 +20,7 @@ from typing import Annotated, Callable, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from samora_kit.data.volume import Volume
-from samora_kit.errors import DataError
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, DataError, Volume
 
 from .common import SplitCases
 from .instances import IndexedItems, as_instance_item, as_tensor_image, instance_masks, luminance, min_pixels

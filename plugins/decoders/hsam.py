@@ -58,9 +58,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from samora_kit.hookspecs import hookimpl
-from samora_kit.lazy_exports import lazy_exports
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, hookimpl, lazy_exports
 
 # the model code imports segment_anything: it loads when the decoder is built or one of these is first read
 __getattr__ = lazy_exports(__name__, {".hsam_model": (

@@ -13,8 +13,7 @@ from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
 
-from samora_kit.interfaces import FeaturePyramid, embedding_of
-from samora_kit.train.losses import DiceCELoss
+from samora_kit.api import DiceCELoss, FeaturePyramid, embedding_of
 
 from .hsam import HSamDecoderConfig
 from .samed import SamedDecoder, default_mlp_dim, default_num_heads, pretrained_decoder_file

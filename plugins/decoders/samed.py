@@ -9,12 +9,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from samora_kit.errors import CheckpointError
-from samora_kit.hookspecs import hookimpl
-from samora_kit.interfaces import Backbone, FeaturePyramid, embedding_of
-from samora_kit.registry import ComponentConfig
-from samora_kit.weights.io import read_header
-from samora_kit_plugins.lora.checkpoints import ENCODER_ONLY_FORMATS, read_sam_weights
+from samora_kit.api import (Backbone, CheckpointError, ComponentConfig, FeaturePyramid, embedding_of, hookimpl,
+                            read_header)
+from samora_kit_plugins.sam_weights import ENCODER_ONLY_FORMATS, read_sam_weights
 
 MASK_IN_CHANS = 16  # SAM's prompt encoder mask channels
 IOU_HEAD_HIDDEN = 256

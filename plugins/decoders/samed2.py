@@ -10,12 +10,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from samora_kit.errors import CheckpointError, SamoraError
-from samora_kit.extras import require
-from samora_kit.hookspecs import hookimpl
-from samora_kit.interfaces import FeaturePyramid
-from samora_kit.registry import ComponentConfig
-from samora_kit_plugins.lora.checkpoints import read_sam_weights
+from samora_kit.api import CheckpointError, ComponentConfig, FeaturePyramid, SamoraError, hookimpl, require
+from samora_kit_plugins.sam_weights import read_sam_weights
 
 from .samed import check_widths, default_mlp_dim, pretrained_decoder_file
 

@@ -21,15 +21,15 @@ Contract of the returned module (design: shared/design/METHOD.md, "Stage-2 block
 * ``output_before_projection`` (bool, used with ``fold_projection``): ``True`` when the
   output is still before ``P`` (a fuser linear in the deltas: the block computes ``P(a_0 +
   out)``, one projection); ``False`` when it is in the block's output space (``P(a_0) + out``).
-* ``merges_lora`` (bool): ``False`` for fusers that act on deltas. ``True`` only for
-  ``lorahub``, which instead exposes ``mixing_weights() -> Tensor[K]`` (and ``merge(a, b)``)
-  so the backbone merges the experts' A/B matrices into one LoRA; its ``forward`` raises.
+* ``lorahub`` is not a Fuser but a ``LoraMerger`` (samora_kit.interfaces): it exposes
+  ``mixing_weights() -> Tensor[K]`` (and ``merge(a, b)``) so the backbone merges the experts'
+  A/B matrices into one LoRA; it never sees deltas and its ``forward`` raises.
 * ``expert_names`` / ``num_experts`` attributes.
 
 Names: ``hl_attn`` (default, paper Eq. 8), ``sum``, ``lac``, ``mole``, ``lorahub`` (Table 4 baselines).
 """
 
-from samora_kit.hookspecs import hookimpl
+from samora_kit.api import hookimpl
 
 from .baselines import (LacConfig, LacFuser, LoraHubConfig, LoraHubFuser, MoleConfig, MoleFuser, SumConfig,
                         SumFuser, build_lac, build_lorahub, build_mole, build_sum)

@@ -10,8 +10,8 @@
   starts as ``sum``.
 * ``lorahub``: learned scalars ``w_k`` (init 1/K) that merge the experts' LoRA matrices into one
   LoRA before the block runs, as LoraHub does: ``A = sum_k w_k A_k``, ``B = sum_k w_k B_k``,
-  delta weight ``B @ A``. It cannot act on deltas: ``merges_lora = True``, the backbone reads
-  ``mixing_weights()`` (or calls ``merge(a, b)``) and ``forward`` raises.
+  delta weight ``B @ A``. It cannot act on deltas: it is a ``LoraMerger``, not a Fuser; the
+  backbone reads ``mixing_weights()`` (or calls ``merge(a, b)``) and ``forward`` raises.
 
 ``sum``, ``lac`` and ``mole`` are linear in the deltas given their weights, so with scope
 ``attention`` they mix the experts' attention outputs *before* the block's frozen output
@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig
 
 from .common import check_deltas, check_expert_names, fold_into_linear
 
@@ -47,7 +47,6 @@ class LoraHubConfig(ComponentConfig):
 
 
 class _DeltaFuser(nn.Module):
-    merges_lora = False
     output_before_projection = True  # linear in the deltas: the block's projection applies to the mix
 
     def __init__(self, name: str, dim: int, expert_names: list[str]) -> None:
@@ -113,9 +112,8 @@ class MoleFuser(_DeltaFuser):
 
 
 class LoraHubFuser(nn.Module):
-    """Learned weights w_k (init 1/K) merging the experts' LoRA A/B into one LoRA; no forward on deltas."""
-
-    merges_lora = True
+    """Learned weights w_k (init 1/K) merging the experts' LoRA A/B into one LoRA: a LoraMerger (the
+    interfaces' contract), no forward on deltas."""
 
     def __init__(self, dim: int, expert_names: list[str]) -> None:
         super().__init__()
@@ -137,7 +135,7 @@ class LoraHubFuser(nn.Module):
         return torch.tensordot(w, a, dims=1), torch.tensordot(w, b, dims=1)
 
     def forward(self, deltas: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        raise RuntimeError("fuser 'lorahub' merges the experts' LoRA A/B matrices (merges_lora = True) and "
+        raise RuntimeError("fuser 'lorahub' merges the experts' LoRA A/B matrices (a LoraMerger) and "
                            "cannot fuse deltas: the backbone must build one LoRA from mixing_weights() "
                            "(A = sum_k w_k A_k, B = sum_k w_k B_k) instead of calling the fuser on deltas")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from samora_kit.errors import SamoraError
+from samora_kit.api import SamoraError
 
 
 def check_expert_names(fuser: str, expert_names, minimum: int = 1) -> list[str]:

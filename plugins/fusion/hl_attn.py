@@ -57,8 +57,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from samora_kit.errors import SamoraError
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, SamoraError
 
 from .common import check_deltas, check_expert_names, fold_into_linear
 
@@ -133,7 +132,6 @@ def fused_kernel_pays(like: torch.Tensor, length: int, needs_grad: bool) -> bool
 class HLAttn(nn.Module):
     """Fused delta N, L, C of K expert deltas K, N, L, C; exactly zero at initialisation."""
 
-    merges_lora = False
     output_before_projection = False  # `up` maps to the block's output space
 
     def __init__(self, dim: int, expert_names: list[str], order: list[str], width: int = 256, heads: int = 8,

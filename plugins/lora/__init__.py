@@ -11,7 +11,7 @@ checkpoints.py    SAM / SAM2 weights files: format names, save_sam_layout, read_
 config.py         LoRAConfig, ExpertsConfig, LoRABackboneConfig (what both backbone configs share)
 """
 
-from samora_kit.interfaces import FuserFactory  # (dim, num_heads, expert_names) -> a fuser
+from samora_kit.api import FuserFactory  # (dim, num_heads, expert_names) -> a fuser
 
 from .config import ExpertsConfig, LoRABackboneConfig, LoRAConfig
 from .expert_host import ExpertHost

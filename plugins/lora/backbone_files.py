@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from samora_kit.errors import SamoraError
+from samora_kit.api import SamoraError
 
-from .checkpoints import save_sam_layout
+from samora_kit_plugins.sam_weights import save_sam_layout
 from .expert_pack import ExpertPack, check_compatible, check_same_base, load_expert_pack, make_header, save_expert_pack
 
 PROVENANCE = ("pretext", "teacher", "teacher_cpt", "data_fingerprint", "versions")  # what expert_pack() takes

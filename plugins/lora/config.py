@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig
 
 LoRATarget = Literal["q", "k", "v"]
 

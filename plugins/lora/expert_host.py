@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from samora_kit.errors import CheckpointError, SamoraError
+from samora_kit.api import CheckpointError, SamoraError
 
 from .backbone_files import BackboneFiles
 from .expert_pack import ExpertPack, check_compatible, make_header

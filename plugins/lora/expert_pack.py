@@ -25,9 +25,7 @@ from pathlib import Path
 
 import torch
 
-from samora_kit import __version__
-from samora_kit.errors import CheckpointError
-from samora_kit.weights.io import load_weights, save_weights
+from samora_kit.api import CheckpointError, __version__, load_weights, save_weights
 
 EXPERT_PACK_KIND = "expert-pack"
 BACKBONE_FIELDS = ("name", "variant", "image_size", "embed_dim", "depth")

@@ -16,27 +16,32 @@ attention output it is added to.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samora_kit.errors import SamoraError
+from samora_kit.api import LoraMerger, SamoraError
 
 
+@dataclass
 class FusionState:
-    """What a fused block carries besides its fuser: whether the projection is folded, and the probe."""
+    """What a fused block carries besides its fuser: whether it merges LoRA instead (a LoraMerger), whether
+    the projection is folded, and the probe."""
 
+    merges: bool = False
     folded: bool = False
     recording: bool = False
     fused_ratio: torch.Tensor | None = None
 
 
 def fold_fuser(block: nn.Module, fuser: nn.Module, projection: nn.Linear | None) -> None:
-    """Attach `fuser` to `block`; fold `projection` into it when it can take deltas before it."""
+    """Attach `fuser` (a Fuser or a LoraMerger) to `block`; fold `projection` into a Fuser that can take
+    deltas before it."""
     block.fuser = fuser
-    block.fusion = FusionState()
-    if projection is not None and callable(getattr(fuser, "fold_projection", None)):
+    block.fusion = FusionState(merges=isinstance(fuser, LoraMerger))
+    if projection is not None and not block.fusion.merges and callable(getattr(fuser, "fold_projection", None)):
         if not isinstance(getattr(fuser, "output_before_projection", None), bool):
             raise SamoraError(f"fuser {type(fuser).__name__} has fold_projection() but no boolean attribute "
                               "output_before_projection (True: its output is still before the block's "
@@ -100,12 +105,7 @@ def check_fuser(fuser, num_experts: int) -> None:
     if not isinstance(fuser, nn.Module):
         raise SamoraError(f"the fuser factory returned a {name}, expected an nn.Module "
                           "with forward(deltas[K, N, L, C], valid=None) -> [N, L, C]")
-    if not isinstance(getattr(fuser, "merges_lora", None), bool):
-        raise SamoraError(f"fuser {name} has no boolean attribute merges_lora (False: it fuses deltas; "
-                          "True: it merges the experts' LoRA through mixing_weights())")
-    if fuser.merges_lora:
-        if not callable(getattr(fuser, "mixing_weights", None)):
-            raise SamoraError(f"fuser {name} sets merges_lora but has no mixing_weights() -> Tensor[{num_experts}]")
+    if isinstance(fuser, LoraMerger):  # LoRAHub: merges the experts' LoRA factors, never sees deltas
         return
     parameters = inspect.signature(fuser.forward).parameters
     if "valid" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):

@@ -4,7 +4,7 @@ Teachers (kind "teacher"): simclrv2_resnet (image level), mae_vit (patch level).
 Pretext tasks (kind "pretext"): simclrv2 (image), mae (patch), denoise (pixel).
 """
 
-from samora_kit.hookspecs import hookimpl
+from samora_kit.api import hookimpl
 
 from . import denoise, mae, simclrv2, teacher_mae, teacher_simclrv2
 from .mae import MAEPretext, MAEPretextConfig, build_mae_pretext, patch_alignment_problem

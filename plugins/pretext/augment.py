@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig
 
 REFERENCE_SIZE = 224  # blur sigmas are given in pixels of a 224-px image, as SimCLR's
 

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import torch
 
-from samora_kit.errors import CheckpointError
-from samora_kit.weights.io import load_weights
-from samora_kit.weights.pth import load_pth_state_dict
+from samora_kit.api import CheckpointError, load_pth_state_dict, load_weights
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 OPTIONAL_BUFFERS = ("num_batches_tracked",)  # BatchNorm counters: absent from some conversions, never used

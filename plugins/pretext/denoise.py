@@ -28,9 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from samora_kit.errors import SamoraError
-from samora_kit.interfaces import PretrainableBackbone, embedding_of
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, PretrainableBackbone, SamoraError, embedding_of
 
 from .task_base import PretextTaskBase
 

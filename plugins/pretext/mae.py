@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from samora_kit.errors import SamoraError
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, SamoraError
 
 from .losses import normalized_patch_targets
 from .task_base import PretextTaskBase, mlp_head

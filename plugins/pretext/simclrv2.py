@@ -18,9 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from samora_kit.errors import SamoraError
-from samora_kit.registry import ComponentConfig
-from samora_kit.interfaces import embedding_of
+from samora_kit.api import ComponentConfig, SamoraError, embedding_of
 
 from .augment import ViewAugmentConfig, random_view
 from .losses import nt_xent

@@ -8,9 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from samora_kit import __version__
-from samora_kit.registry import ComponentConfig
-from samora_kit.weights.io import load_weights, save_weights
+from samora_kit.api import ComponentConfig, __version__, load_weights, save_weights
 
 from .checkpoints import check_state
 

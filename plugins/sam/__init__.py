@@ -3,8 +3,7 @@
 Registering imports only the pydantic configs: segment_anything and the model code load when a component is
 built (or one of their names below is first read)."""
 
-from samora_kit.hookspecs import hookimpl
-from samora_kit.lazy_exports import lazy_exports
+from samora_kit.api import hookimpl, lazy_exports
 from samora_kit_plugins.lora import ExpertsConfig, ExpertsQKV, LoRAConfig, LoRAQKV
 
 from .config import SAM_PRESETS, SamBackboneConfig, SamImportConfig, SamPreset

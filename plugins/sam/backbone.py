@@ -9,9 +9,9 @@ import torch
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from samora_kit.errors import CheckpointError, SamoraError
+from samora_kit.api import CheckpointError, SamoraError
 from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
-from samora_kit_plugins.lora.checkpoints import read_sam_weights
+from samora_kit_plugins.sam_weights import read_sam_weights
 
 from .config import SAM_PRESETS, SamBackboneConfig
 from .experts import install_experts

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import torch
 
-from samora_kit import __version__
-from samora_kit.errors import CheckpointError
-from samora_kit.weights.io import sha256_of
-from samora_kit.weights.pth import load_pth_state_dict
-from samora_kit_plugins.lora.checkpoints import save_sam_layout
+from samora_kit.api import CheckpointError, __version__, load_pth_state_dict, sha256_of
+from samora_kit_plugins.sam_weights import save_sam_layout
 
 from .backbone import build_image_encoder
 from .config import SAM_PRESETS, SamImportConfig

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig
 from samora_kit_plugins.lora.config import LoRABackboneConfig
 
 SamVariant = Literal["vit_b", "vit_l", "vit_h", "tiny"]

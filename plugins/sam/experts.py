@@ -51,12 +51,12 @@ class ExpertFusedBlock(Block):
         n, h, w, _ = tokens.shape  # n = batch * windows (windowed) or batch (global)
 
         needs_grad = torch.is_grad_enabled() and tokens.requires_grad  # frozen experts: only through the input
-        if (qkv.low_rank_q and LOW_RANK_LOGITS and not self.fuser.merges_lora
+        if (qkv.low_rank_q and LOW_RANK_LOGITS and not self.fusion.merges
                 and not fused_kernel_pays(tokens, h * w, needs_grad, low_rank=True)):
             q0, u, b, k, v = qkv.factored_variants(tokens.reshape(n, h * w, dim))  # explicit rank-r logits
             out = low_rank_variants_attention(self.attn, q0, u, b, k, v, (h, w))
         else:
-            if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
+            if self.fusion.merges:  # LoRAHub: one LoRA from the weighted sums of A and B
                 a, b = qkv.merged(self.fuser.mixing_weights())
                 q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
             else:
@@ -64,7 +64,7 @@ class ExpertFusedBlock(Block):
             out = variants_attention(self.attn, *(t.reshape(t.shape[0], n, h * w, dim) for t in (q, k, v)), (h, w))
         count = out.shape[0]  # V, n, L, C before the output projection
 
-        if self.fuser.merges_lora:
+        if self.fusion.merges:
             x = shortcut + self._unpartition(self.attn.proj(out[0]).view(n, h, w, dim), pad_hw, (height, width))
             return x + self.mlp(self.norm2(x))
 
@@ -108,6 +108,6 @@ def install_experts(block: Block, names: Sequence[str], rank: int, targets: Sequ
     check_fuser(fuser, len(names))
     block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
     block.__class__ = ExpertFusedBlock
-    fold_fuser(block, fuser, block.attn.proj if scope == "attention" and not fuser.merges_lora else None)
+    fold_fuser(block, fuser, block.attn.proj if scope == "attention" else None)
     block.scope = scope
     return block

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from samora_kit.errors import CheckpointError
+from samora_kit.api import CheckpointError
 
 GLOBAL_REL_POS = re.compile(r"blocks\.(\d+)\.attn\.rel_pos_[hw]")
 

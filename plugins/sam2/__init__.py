@@ -4,8 +4,7 @@ SAMed-2-style LoRA or fused LoRA experts; outputs a FeaturePyramid of the raw FP
 Registering imports only the pydantic configs: the model code loads when a component is built (or one of its
 names below is first read), and sam2, an optional extra, only then."""
 
-from samora_kit.hookspecs import hookimpl
-from samora_kit.lazy_exports import lazy_exports
+from samora_kit.api import hookimpl, lazy_exports
 
 from .config import Sam2BackboneConfig, Sam2ImportConfig, image_encoder_node
 

@@ -11,11 +11,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from samora_kit.errors import CheckpointError, SamoraError
-from samora_kit.extras import require
-from samora_kit.interfaces import FeaturePyramid
+from samora_kit.api import CheckpointError, FeaturePyramid, SamoraError, require
 from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
-from samora_kit_plugins.lora.checkpoints import read_sam_weights
+from samora_kit_plugins.sam_weights import read_sam_weights
 
 from .config import POS_TARGET, Sam2BackboneConfig, config_source, image_encoder_node, trunk_values
 

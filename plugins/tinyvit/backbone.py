@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from samora_kit.errors import CheckpointError, SamoraError
+from samora_kit.api import CheckpointError, SamoraError
 from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
-from samora_kit_plugins.lora.checkpoints import read_sam_weights
+from samora_kit_plugins.sam_weights import read_sam_weights
 
 from .config import TinyViTBackboneConfig
 from .experts import install_tinyvit_experts

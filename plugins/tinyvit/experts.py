@@ -8,7 +8,7 @@ bias shared by all), then the frozen output projection folded into the fuser (lo
     x = x + P(a_frozen) + Fuse(D),  D_i = P(a_i) - P(a_frozen);  then local_conv and the MLP once
 
 The fuser sees `valid` (False at padded window tokens); the frozen path, like the shipped model, does not
-mask them. A LoRAHub-style fuser (`merges_lora`) instead runs one LoRA whose A, B are the weighted sums.
+mask them. A LoraMerger (LoRAHub) instead runs one LoRA whose A, B are the weighted sums.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ExpertFusedTinyViTBlock(TinyViTBlock):
         batch, height, width, _ = x.shape
         windows, padded = window_partition(x, self.window_size)  # n, L, C
         tokens = attn.norm(windows)
-        if self.fuser.merges_lora:  # LoRAHub: one LoRA from the weighted sums of A and B
+        if self.fusion.merges:  # LoRAHub: one LoRA from the weighted sums of A and B
             a, b = qkv.merged(self.fuser.mixing_weights())
             q, k, v = qkv.variants(tokens, a, b, include_base=False, shared=True)
             out = attn.proj(attn.attend(q, k, v)[0])
@@ -58,6 +58,6 @@ def install_tinyvit_experts(block: TinyViTBlock, names: Sequence[str], rank: int
     check_fuser(fuser, len(names))
     block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
     block.__class__ = ExpertFusedTinyViTBlock
-    fold_fuser(block, fuser, None if fuser.merges_lora else block.attn.proj)
+    fold_fuser(block, fuser, block.attn.proj)
     block.scope = "attention"
     return block

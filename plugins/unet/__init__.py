@@ -1,7 +1,7 @@
 """MONAI's 2D U-Net trained from scratch (backbone `unet`) with a 1x1 convolution head (decoder
 `conv_head`): the model a user would pick instead of adapting SAM, run through the same segment flow."""
 
-from samora_kit.hookspecs import hookimpl
+from samora_kit.api import hookimpl
 
 from .backbone import MonaiUNetBackbone, MonaiUNetConfig, build_monai_unet
 from .conv_head import ConvHead, ConvHeadConfig, FullResolutionFeatures, build_conv_head

@@ -14,8 +14,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from samora_kit.interfaces import FeaturePyramid
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, FeaturePyramid
 
 if TYPE_CHECKING:  # monai is slow to import: only when a U-Net is built
     from monai.networks.nets import UNet

@@ -7,9 +7,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from samora_kit.errors import SamoraError
-from samora_kit.interfaces import FeaturePyramid
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, FeaturePyramid, SamoraError
 
 
 @runtime_checkable

@@ -5,11 +5,11 @@ on another's prediction."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch.distributed as dist
 
 from ..errors import DataError, SamoraError
+from ..interfaces import ValidationCases
 from ..train.distributed import DistContext
 from .inference import predict_volume
 from .metrics import score_volume, summarise
@@ -20,11 +20,11 @@ POLICY = "transunet"  # the convention of the published Dice figures the curves 
 def validation_cases(recipe, adapter) -> list[str]:
     """data.val's ids, resolved like data.train / data.test ([] when the recipe has none); a case that is
     also a test case is refused: validation must never see the test set."""
-    selection = getattr(recipe.data, "val", None)
-    if selection is None:
+    if not isinstance(recipe.data, ValidationCases) or recipe.data.val is None:
         return []
+    selection = recipe.data.val
     try:
-        cases = selection.resolve(None, getattr(recipe.data, "root", Path.cwd()))
+        cases = selection.resolve(None, recipe.data.root)
     except DataError as exc:
         raise DataError(f"data.val: {exc}") from None
     if not cases:

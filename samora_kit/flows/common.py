@@ -19,19 +19,22 @@ from rich.console import Console
 from ..errors import SamoraError
 from ..plugins import LoadedPlugins
 from ..train.distributed import DistContext
+from ..train.loop import StepCallback
 from ..train.lock import run_folder_lock
 from ..train.runfolder import RECIPE_FILE, STATE_FILE, environment, write_run_files
 
 
 @dataclass
 class Session:
-    """Where a flow runs: the plugins, this process's place among the ranks, the command line."""
+    """Where a flow runs: the plugins, this process's place among the ranks, the command line, and what
+    every training loop of the run calls after each step (samora_kit.train.loop.train's step_callbacks)."""
 
     plugins: LoadedPlugins
     ctx: DistContext
     argv: list[str]
     console: Console
     show_progress: bool = True
+    step_callbacks: tuple[StepCallback, ...] = ()
 
     @property
     def registry(self):

@@ -64,7 +64,8 @@ def pretrain_base(recipe, session: Session, run_dir: Path, resume: bool = False)
     console.print(f"base encoder: {escape(pretext.name)} from scratch on {len(dataset)} unlabelled slices, "
                   f"{sum(p.numel() for p in task.parameters() if p.requires_grad) / 1e6:.2f} M trainable parameters")
     result = train(task, dataset, recipe.train, recipe.run.seed, run_dir, session.ctx, resume,
-                   {"stage": "base-pretraining"}, session.show_progress, compile_model=recipe.run.compile)
+                   {"stage": "base-pretraining"}, session.show_progress, compile_model=recipe.run.compile,
+                   step_callbacks=session.step_callbacks)
     path = run_dir / BASE_FILE
     if session.ctx.is_main:
         header = {"origin": "self-pre-trained", "pretext": pretext.name,

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import SamoraError
-from ..interfaces import ContinualPretraining, ExpertPackSource
+from ..interfaces import ContinualPretraining, ExpertPackSource, wants_cpt
 from ..recipe import dump_recipe
 from ..train.loop import train
 from ..train.model import build_unlabelled_source
@@ -78,10 +78,10 @@ def _train_experts(recipe, session: Session, run_dir: Path, resume: bool,
         resumed = resume and (stage_dir / STATE_FILE).exists()  # an expert killed before its first state starts over
         result = train(task, dataset, recipe.train, recipe.run.seed, stage_dir, ctx, resumed,
                        {"stage": "pretrain", "expert": entry.name}, session.show_progress,
-                       compile_model=recipe.run.compile)
+                       compile_model=recipe.run.compile, step_callbacks=session.step_callbacks)
         if ctx.is_main:
             provenance = {"pretext": entry.pretext.name, "teacher": entry.teacher.name if entry.teacher else None,
-                          "teacher_cpt": bool(entry.teacher and entry.teacher.cpt), "data_fingerprint": data_id}
+                          "teacher_cpt": wants_cpt(entry.teacher), "data_fingerprint": data_id}
             backbone.write_expert_pack(pack_path, entry.name, provenance=provenance, extra_header={
                 "recipe_fingerprint": key, "steps": result.steps, "final_loss": result.final_loss})
             console.print(f"expert [bold]{escape(entry.name)}[/]: {result.describe()} -> {escape(str(pack_path))}")
@@ -94,7 +94,7 @@ def _teacher(entry, recipe, session: Session, run_dir: Path, dataset, data_id: s
     if entry.teacher is None:
         return None
     teacher = session.registry.get("teacher", entry.teacher.name).build(entry.teacher)
-    if not getattr(entry.teacher, "cpt", False):
+    if not wants_cpt(entry.teacher):
         return teacher
     if not isinstance(teacher, ContinualPretraining):
         raise SamoraError(f"experts {entry.name!r}: teacher {entry.teacher.name!r} cannot be continually "
@@ -109,7 +109,8 @@ def _teacher(entry, recipe, session: Session, run_dir: Path, dataset, data_id: s
                       f"{entry.teacher.cpt_epochs} epoch(s)")
         schedule = recipe.train.model_copy(update={"epochs": entry.teacher.cpt_epochs})
         train(teacher.cpt_objective(), dataset, schedule, recipe.run.seed, run_dir / STAGES_DIR / f"{entry.name}-teacher",
-              session.ctx, False, {"stage": "teacher-cpt"}, session.show_progress, compile_model=recipe.run.compile)
+              session.ctx, False, {"stage": "teacher-cpt"}, session.show_progress, compile_model=recipe.run.compile,
+              step_callbacks=session.step_callbacks)
         if session.ctx.is_main:
             save_weights(path, teacher.cpt_tensors(), {"kind": "teacher", "teacher": entry.teacher.name,
                                                        "recipe_fingerprint": key, "samora_kit_version": __version__})

@@ -16,7 +16,7 @@ from ..data.slices import SliceDataset
 from ..errors import CheckpointError, DataError, SamoraError
 from ..eval.evaluate import evaluate, summary_table
 from ..eval.validation import ValidationSet, validation_cases
-from ..interfaces import DecoderObjective
+from ..interfaces import DecoderObjective, experts_of
 from ..plugins import default_plugins
 from ..recipe import ValidationSection, dump_recipe, load_recipe, parse_recipe_text
 from ..train.loop import train
@@ -73,7 +73,8 @@ def _train_and_evaluate(recipe, session: Session, run_dir: Path, resume: bool) -
     header = {"samora_kit_version": __version__, "recipe": resolved,
               "backbone": recipe.backbone.name, "decoder": recipe.decoder.name}
     result = train(_objective(model, recipe.train), dataset, recipe.train, recipe.run.seed, run_dir, ctx, resume,
-                   header, session.show_progress, compile_model=recipe.run.compile, validation=validation)
+                   header, session.show_progress, compile_model=recipe.run.compile, validation=validation,
+                   step_callbacks=session.step_callbacks)
     if not ctx.is_main:
         return None, adapter.class_names
     weights = save_weights(run_dir / WEIGHTS_FILE, model.weights_to_save(),
@@ -132,7 +133,7 @@ def _validation_set(recipe, adapter, model: SegmentationModel, ctx) -> Validatio
 def with_pretrained_experts(recipe, session: Session):
     """A copy of the recipe whose backbone.experts.packs holds the packs of the stage-1 recipe named in
     [pretrain] (run, or reused when finished); packs the recipe gives itself are kept."""
-    experts = getattr(recipe.backbone, "experts", None)
+    experts = experts_of(recipe.backbone)
     if experts is None:
         raise SamoraError("[pretrain] is set but backbone.experts is not: name the experts to fuse")
     stage1 = load_pretrain_recipe(recipe, session.registry)
@@ -156,7 +157,7 @@ def load_pretrain_recipe(recipe, registry):
 
 def experts_nobody_trains(recipe, stage1) -> str | None:
     """A problem when backbone.experts.names holds a name neither the stage-1 recipe trains nor a pack gives."""
-    experts = recipe.backbone.experts
+    experts = experts_of(recipe.backbone)
     missing = [n for n in experts.names if n not in {e.name for e in stage1.experts} and n not in experts.packs]
     if not missing:
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +27,7 @@ from .progress import MetricsLog, TrainingProgress
 from .runfolder import STATE_FILE
 from .schedule import learning_rate, run_length
 
-# Extension point: called with the step number after every optimizer step and its checkpoint (the
-# tests' kill switch hangs here; tests/kill_switch/sitecustomize.py).
-step_callbacks: list[Callable[[int], None]] = []
+StepCallback = Callable[[int], None]  # called with the step number after every optimizer step and its checkpoint
 
 
 class EpochValidation(Protocol):
@@ -54,7 +52,7 @@ class TrainResult:
 def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Path,
           ctx: DistContext, resume: bool = False, header: dict | None = None,
           show_progress: bool = True, compile_model: bool = False,
-          validation: EpochValidation | None = None) -> TrainResult:
+          validation: EpochValidation | None = None, step_callbacks: Sequence[StepCallback] = ()) -> TrainResult:
     """Train `objective`'s trainable parameters; `objective(*batch)` returns a dict with `loss`
     (plus scalars to log). `dataset` yields batches (tuples or tensors) and is EpochAware.
 
@@ -62,6 +60,9 @@ def train(objective: torch.nn.Module, dataset, train_cfg, seed: int, run_dir: Pa
     metrics.jsonl with the epoch, the training wall time (`elapsed_s`, validation excluded) and
     the validation's own (`val_s`); the model's modes and the random generators are restored
     after it, so the run trains exactly what it would have without it.
+
+    `step_callbacks` are called, in order, with the step number after every optimizer step and its
+    checkpoint (a benchmark's clock, a test's interruption; runner.run and the flows pass them on).
 
     Nothing waits for the device between log steps: the step's scalars stay on the device and are
     read every `train.log_every` steps, and the divergence check reads a device-side flag at every

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ..data.slices import SliceDataset
+from ..interfaces import wants_cpt
 from ..registry import Registry
 from .model import build_dataset, build_unlabelled_source
 from .schedule import RunLength, run_length
@@ -23,8 +24,8 @@ def planned_runs(recipe, registry: Registry) -> list[tuple[str, RunLength]]:
     (a batch larger than the data, a warm-up not shorter than the run). Reads the data's training cases."""
     samples = training_samples(recipe, registry)
     runs = [("training", run_length(recipe.train, samples))]
-    for entry in getattr(recipe, "experts", []):
-        if entry.teacher is not None and getattr(entry.teacher, "cpt", False):
+    for entry in recipe.experts if recipe.task == "pretrain_experts" else []:
+        if wants_cpt(entry.teacher):
             schedule = recipe.train.model_copy(update={"epochs": entry.teacher.cpt_epochs})
             runs.append((f"continual pre-training of {entry.name}'s teacher", run_length(schedule, samples)))
     return runs

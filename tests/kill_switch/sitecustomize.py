@@ -1,7 +1,7 @@
 """Test-only kill switches, armed by putting this folder on PYTHONPATH (`armed()` in tests/synthetic.py):
 
 * SAMORA_KIT_TEST_KILL_AT_STEP=N: SIGKILL the process after optimizer step N (and its checkpoint), through
-  the training loop's `step_callbacks` extension point;
+  the step callbacks that samora_kit.runner.run passes to every training loop (the CLI calls runner.run);
 * SAMORA_KIT_TEST_KILL_SAVING=NAME (with SAMORA_KIT_TEST_KILL_SAVE_COUNT=N, default 1): SIGKILL it inside the
   Nth save of a file called NAME, after its temporary copy is written and before it replaces the file."""
 
@@ -15,9 +15,11 @@ def _die() -> None:
 
 _at_step = int(os.environ.get("SAMORA_KIT_TEST_KILL_AT_STEP", "0"))
 if _at_step:
-    from samora_kit.train import loop
+    import functools
 
-    loop.step_callbacks.append(lambda step: _die() if step == _at_step else None)
+    from samora_kit import runner
+
+    runner.run = functools.partial(runner.run, step_callbacks=[lambda step: _die() if step == _at_step else None])
 
 _saving = os.environ.get("SAMORA_KIT_TEST_KILL_SAVING")
 if _saving:

@@ -20,10 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from samora_kit.errors import SamoraError
-from samora_kit.hookspecs import hookimpl
-from samora_kit.interfaces import PretrainableBackbone
-from samora_kit.registry import ComponentConfig
+from samora_kit.api import ComponentConfig, PretrainableBackbone, SamoraError, hookimpl
 
 NAME = "region"
 QUARTER_TURNS = 4

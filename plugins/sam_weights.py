@@ -1,6 +1,7 @@
-"""The weights files of the SAM, SAM2 and TinyViT backbones: the official key layout (`image_encoder.*`, ...)
-in checksummed safetensors whose header names one of FORMATS. Imported official checkpoints and
-self-pre-trained encoders are both written and read here."""
+"""The weight formats of the SAM family (SAM, SAM2, TinyViT-SAM): the official key layout (`image_encoder.*`,
+...) in checksummed safetensors whose header names one of FORMATS. Imported official checkpoints and
+self-pre-trained encoders are both written and read here, by the backbones, their importers and the decoders
+that load a mask decoder; no LoRA or expert code is involved."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from samora_kit.errors import CheckpointError
-from samora_kit.weights.checksummed import read_checksummed, save_checksummed
+from samora_kit.api import CheckpointError, read_checksummed, save_checksummed
 
 # "segment-anything": an imported official checkpoint (encoder, prompt encoder, mask decoder);
 # "sam2": an imported official SAM2 checkpoint (image_encoder.trunk/neck, sam_mask_decoder, ...);
