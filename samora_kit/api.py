@@ -1,7 +1,7 @@
 """samora-kit's public API: every name a plugin, a benchmark package or a user's script may import from the
 core. Everything else under `samora_kit` is private and may change between releases; tests/test_layout.py
-fails when `plugins/`, `examples/` or the evidence harness (`benchmarks/world/`, `benchmarks/fewshot.py`,
-...) import a private module. (`samora_kit.testing`, the conformance suite, is public too.)
+fails when `plugins/`, `examples/` or the benchmarks package (`benchmarks/samora_benchmarks/`) import a
+private module. (`samora_kit.testing`, the conformance suite, is public too.)
 
     from samora_kit.api import ComponentConfig, SamoraError, hookimpl
 
@@ -18,13 +18,14 @@ from here does not pull in the training loop. The groups:
   `slice_to_model_input`, `SliceDataset`, `AugmentConfig`;
 - recipes and runs (the training entry point): `run`, `load_recipe`, `parse_recipe_text`, `TrainSection`,
   `train`, `StepCallback`, `TrainResult`, `DistContext`, `resolve_device`, `build_model`, `SegmentationModel`,
-  `SegmentationObjective`, `DiceCELoss`;
+  `SegmentationObjective`, `DiceCELoss`, and what the benchmarks time of a run: `run_loader`, `RunBatches`,
+  `build_optimizer`, `inference_dtype`, `autocast_dtype`;
 - fingerprints: `fingerprint`, `seed_everything`;
 - the run folder: `run_folder_lock`, `run_dir_of`, `RECIPE_FILE`, `STATE_FILE`, `WEIGHTS_FILE`;
 - checksummed I/O: `save_weights`, `load_weights`, `read_header`, `sha256_of`, `atomic_write`,
   `atomic_write_text`, `save_checksummed`, `read_checksummed`, `sidecar_digest`, `load_pth_state_dict`
   (the one pickle path, `weights_only=True`), `import_checkpoint`;
-- evaluation: `predict_volume`, `validation_records`, `group_curve`, `save_curves_plot`.
+- evaluation: `predict_volume`, `validation_records`, `group_curve`, `save_curves_plot`, `read_diagnostics`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ _INTERFACES = (
     "Backbone", "PretrainableBackbone", "Decoder", "PretextTask", "Teacher", "Fuser", "LoraMerger",
     "DatasetAdapter", "FeaturePyramid", "embedding_of",
     "ProjectionFolding", "ParameterGroups", "Diagnostics", "EpochAware", "DecoderObjective", "UnlabelledSource",
-    "InstanceSource", "ExpertPackSource", "EncoderExport", "ContinualPretraining",
+    "ExpertPackSource", "EncoderExport", "ContinualPretraining",
     "ExpertPacks", "ChainsExpertPacks", "ContinualPretrainingConfig", "ValidationCases", "IntensitySettings",
     "SliceAxis", "wants_cpt", "experts_of",
     "FuserFactory", "BackboneFactory", "PretextFactory", "TeacherFactory", "FuserComponentFactory",
@@ -59,9 +60,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ".data.slices": ("slice_to_model_input", "SliceDataset", "AugmentConfig"),
     ".runner": ("run",),
     ".recipe": ("load_recipe", "parse_recipe_text", "TrainSection"),
-    ".train.loop": ("train", "StepCallback", "TrainResult"),
+    ".train.loop": ("train", "StepCallback", "TrainResult", "autocast_dtype"),
     ".train.distributed": ("DistContext",),
-    ".devices": ("resolve_device",),
+    ".train.loader": ("run_loader", "RunBatches"),
+    ".train.optim": ("build_optimizer",),
+    ".devices": ("resolve_device", "inference_dtype"),
     ".train.model": ("build_model", "SegmentationModel", "SegmentationObjective"),
     ".train.losses": ("DiceCELoss",),
     ".flows.common": ("fingerprint", "seed_everything", "run_dir_of"),
@@ -73,6 +76,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ".weights.imports": ("import_checkpoint",),
     ".eval.inference": ("predict_volume",),
     ".eval.curves": ("validation_records", "group_curve", "save_curves_plot"),
+    ".eval.explain": ("read_diagnostics",),
 }
 
 __all__ = sorted({"__version__", "lazy_exports", *(name for names in _EXPORTS.values() for name in names)})
@@ -90,9 +94,10 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .data.selection import CaseSelection  # noqa: F401
     from .data.slices import AugmentConfig, SliceDataset, slice_to_model_input  # noqa: F401
     from .data.volume import Volume  # noqa: F401
-    from .devices import resolve_device  # noqa: F401
+    from .devices import inference_dtype, resolve_device  # noqa: F401
     from .errors import CheckpointError, DataError, RecipeError, SamoraError  # noqa: F401
     from .eval.curves import group_curve, save_curves_plot, validation_records  # noqa: F401
+    from .eval.explain import read_diagnostics  # noqa: F401
     from .eval.inference import predict_volume  # noqa: F401
     from .extras import missing_message, require  # noqa: F401
     from .flows.common import fingerprint, run_dir_of, seed_everything  # noqa: F401
@@ -103,10 +108,12 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .registry import ComponentConfig, did_you_mean  # noqa: F401
     from .runner import run  # noqa: F401
     from .train.distributed import DistContext  # noqa: F401
+    from .train.loader import RunBatches, run_loader  # noqa: F401
     from .train.lock import run_folder_lock  # noqa: F401
-    from .train.loop import StepCallback, TrainResult, train  # noqa: F401
+    from .train.loop import StepCallback, TrainResult, autocast_dtype, train  # noqa: F401
     from .train.losses import DiceCELoss  # noqa: F401
     from .train.model import SegmentationModel, SegmentationObjective, build_model  # noqa: F401
+    from .train.optim import build_optimizer  # noqa: F401
     from .train.runfolder import RECIPE_FILE, STATE_FILE, WEIGHTS_FILE  # noqa: F401
     from .weights.checksummed import read_checksummed, save_checksummed, sidecar_digest  # noqa: F401
     from .weights.imports import import_checkpoint  # noqa: F401

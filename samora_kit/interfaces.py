@@ -3,7 +3,7 @@
 Three layers:
 - what each component kind *is* (Backbone, Decoder, PretextTask, Teacher, Fuser, DatasetAdapter);
 - optional capabilities used when a component has them (ParameterGroups, Diagnostics, EpochAware,
-  DecoderObjective, UnlabelledSource, InstanceSource, ExpertPackSource, EncoderExport,
+  DecoderObjective, UnlabelledSource, ExpertPackSource, EncoderExport,
   ContinualPretraining; a fuser's ProjectionFolding); LoraMerger, the other thing a fuser factory may
   return;
 - the capabilities of a component's config that the core reads (ChainsExpertPacks and its ExpertPacks,
@@ -199,16 +199,6 @@ class UnlabelledSource(Protocol):
     epoch of the items it asks for next)."""
 
     def slice_dataset(self, image_size: int) -> Dataset: ...
-
-
-@runtime_checkable
-class InstanceSource(Protocol):
-    """A dataset adapter for promptable (SAM-style) training on a source domain: a Dataset of
-    (image 3,S,S float32 in [0, 1], masks N,S,S bool) items, N >= 1 instances whose visible regions are
-    disjoint; N varies per item (a batch keeps masks as a list). EpochAware like UnlabelledSource's
-    Dataset. Prompts (points, boxes) are drawn from the masks by the trainer."""
-
-    def instance_dataset(self, image_size: int) -> Dataset: ...
 
 
 @runtime_checkable

@@ -1,5 +1,3 @@
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +12,6 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent: these tests need the shared medical data next to the repo")
     return path
-
-
-def benchmark_module(name: str):
-    """A script of benchmarks/ imported as a module (they import each other by bare name, as `common`)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The core's layout: no core module imports a plugin, the core's imports (late ones inside
 functions included) form no circle, loading the plugins imports no model library, and what lives outside
-the core (plugins, examples, the evidence harness) imports only its public API (samora_kit.api)."""
+the core (plugins, examples, the benchmarks package) imports only its public API (samora_kit.api)."""
 
 from __future__ import annotations
 
@@ -46,12 +46,9 @@ def _absolute(module: str | None, level: int, package: str) -> str:
 
 REPO = CORE.parent
 PUBLIC = {"samora_kit.api", "samora_kit.testing"}  # what code outside the core may import
-# outside the core: the built-in plugins, the example plugin, and the evidence harness (the miniature world
-# and the real-foundation benchmarks, with their shared helpers)
+# outside the core: the built-in plugins, the example plugin and the benchmarks package (the evidence)
 OUTSIDE = [*sorted((REPO / "plugins").rglob("*.py")), *sorted((REPO / "examples").rglob("*.py")),
-           *sorted((REPO / "benchmarks" / "world").rglob("*.py")),
-           *(REPO / "benchmarks" / name for name in ("common.py", "fewshot.py", "choose_budget.py",
-                                                    "litemedsam_zero_shot.py"))]
+           *sorted((REPO / "benchmarks" / "samora_benchmarks").rglob("*.py"))]
 
 
 def private_core_imports(path: Path) -> list[str]:

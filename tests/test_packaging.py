@@ -60,3 +60,14 @@ def test_the_wheel_holds_every_module_its_entry_points_name(wheel):
     assert not absent, f"entry points name modules the wheel lacks: {absent}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "[samora_kit]" in wheel.read(entry_points).decode()
+
+
+def test_the_wheel_ships_the_product_without_the_benchmarks_evidence(wheel):
+    """The miniature world's datasets and recipes and the LiteMedSAM harness's recipes live in the benchmarks
+    package (benchmarks/), not in the kit a user installs."""
+    names = set(wheel.namelist())
+    assert "samora_kit/api.py" in names and "samora_kit/recipes/quickstart.toml" in names
+    evidence = sorted(n for n in names if n.startswith(("samora_benchmarks/", "samora_kit/recipes/world/",
+                                                         "samora_kit/recipes/litemedsam/"))
+                      or n.endswith(("datasets/scenes.py", "datasets/kvasir_seg.py", "datasets/instances.py")))
+    assert not evidence, f"evidence shipped in the product's wheel: {evidence}"

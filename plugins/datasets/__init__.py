@@ -1,10 +1,10 @@
 """Built-in dataset adapters: MSD (decathlon), ACDC, Synapse, LA (UA-MT h5), PROMISE12 (MetaImage), the
-no-download MNI152 demo, the unlabelled pool of stage-1 pre-training, and the source domain of the miniature
-world (issue 11): Kvasir-SEG read in place and generated "segment everything" scenes."""
+no-download MNI152 demo and the unlabelled pool of stage-1 pre-training. (The miniature world's source
+domain, Kvasir-SEG and generated scenes, lives with the benchmarks: samora_benchmarks.datasets.)"""
 
 from samora_kit.api import hookimpl
 
-from . import acdc, convert, decathlon, kvasir_seg, la, mni152_demo, promise12, scenes, synapse, unlabelled_pool
+from . import acdc, convert, decathlon, la, mni152_demo, promise12, synapse, unlabelled_pool
 
 
 @hookimpl
@@ -20,7 +20,4 @@ def samora_kit_register(registry) -> None:
                  example={})
     registry.add("dataset", unlabelled_pool.NAME, unlabelled_pool.UnlabelledPoolConfig,
                  unlabelled_pool.build_unlabelled_pool, example=unlabelled_pool.EXAMPLE)
-    registry.add("dataset", kvasir_seg.NAME, kvasir_seg.KvasirSegConfig, kvasir_seg.build_kvasir_seg,
-                 example=kvasir_seg.EXAMPLE)
-    registry.add("dataset", scenes.NAME, scenes.ScenesConfig, scenes.build_scenes, example=scenes.EXAMPLE)
     convert.register(registry)

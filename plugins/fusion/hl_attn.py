@@ -111,7 +111,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """softmax(q k^T / sqrt(d), keys where `mask` is False left out) v; q, k, v: N, heads, L, d.
 
     `fused` None picks the kernel by `fused_kernel_pays`; True / False force SDPA / the explicit softmax
-    (benchmarks/attention.py compares the two)."""
+    (benchmarks/samora_benchmarks/attention.py compares the two)."""
     if fused is None:
         fused = fused_kernel_pays(q, q.shape[-2], torch.is_grad_enabled() and q.requires_grad)
     if fused:

@@ -17,7 +17,7 @@ from .rel_pos_attention import fold_rel_pos, fused_attention, rel_pos_index, rel
 
 # Without a gradient, the explicit variants run a chunk of (image, head) pairs at a time, the chunk's
 # L x L logits about this many bytes, so that each variant's logits, softmax and product with the values stay
-# in cache (`benchmarks/attention.py --inference-chunks`, docs/benchmarks.md, issue 9). Training keeps one
+# in cache (`python -m samora_benchmarks.attention --inference-chunks`, docs/benchmarks.md, issue 9). Training keeps one
 # call: the tensors it saves for the backward go to memory anyway.
 INFERENCE_CHUNK_BYTES = 1 << 20
 

@@ -47,7 +47,7 @@ def build_optimizer(objective: torch.nn.Module, train_cfg) -> torch.optim.Optimi
         return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=0.9, nesterov=True,
                                weight_decay=train_cfg.weight_decay)
     # one fused kernel for every tensor: on CUDA no host reads, on the CPU 10x faster than the per-tensor loop
-    # that torch picks there by default (benchmarks/optimizer.py)
+    # that torch picks there by default (benchmarks/samora_benchmarks/optimizer.py)
     fused = all(p.device.type in FUSED_DEVICES and p.dtype in FUSED_DTYPES for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay,
                              fused=fused or None)
