@@ -1,10 +1,12 @@
-"""What SAM and SAM2 backbones share: their LoRA / expert bookkeeping, parameter groups, block outputs
+"""What the SAM, SAM2 and TinyViT-SAM backbones share: how their blocks take LoRA or experts, their LoRA / expert bookkeeping, parameter groups, block outputs
 (and, from BackboneFiles, the expert packs and encoder files they write and read).
 
 A host keeps its LoRA blocks at `self.encoder.blocks` (SAM: the ViT's blocks; SAM2: the Hiera
 trunk's), so tensor names are `encoder.blocks.N.attn.qkv.*` for both, as expert packs expect."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -31,6 +33,29 @@ class ExpertHost(BackboneFiles):
 
     def shape_description(self) -> dict:
         raise NotImplementedError
+
+    def adapt_blocks(self, config, fuser, install: Callable[..., object], builder: str) -> None:
+        """Adapt every LoRA block of the frozen encoder. Without `config.experts` (SAMed, stage 1): one LoRA
+        on the chosen projections of its qkv. With them (stage 2): the frozen experts and a fuser built for
+        the block's own width and heads, put in by `install(block, names, rank, targets, fuser)`, then the
+        experts' packs loaded. `builder` names the backbone's factory in the refusals."""
+        blocks = self.encoder.blocks
+        if config.experts is None:
+            if fuser is not None:
+                raise SamoraError("a fuser was given, but backbone.experts is not configured: a single-LoRA "
+                                  "backbone (SAMed, stage 1) has nothing to fuse; add backbone.experts.names")
+            for i in self.lora_blocks:
+                blocks[i].attn.qkv = LoRAQKV(blocks[i].attn.qkv, config.lora.rank, config.lora.targets)
+            return
+        if fuser is None:
+            raise SamoraError(f"backbone.experts {config.experts.names} is configured, so a fuser is required: "
+                              f"{builder}(config, fuser=...), i.e. a recipe `fuser` section")
+        names = list(config.experts.names)
+        for i in self.lora_blocks:
+            block = blocks[i]
+            install(block, names, config.lora.rank, self.lora_targets,
+                    fuser(block_width(block), block.attn.num_heads, list(names)))
+        self.load_expert_packs(config.experts.packs)
 
     def lora_layers(self) -> dict[int, LoRAQKV]:
         """Block index -> its LoRA-wrapped qkv."""
@@ -147,7 +172,7 @@ class ExpertHost(BackboneFiles):
 
 
 def block_width(block: nn.Module) -> int:
-    """Output channels of a SAM ViT Block or a SAM2 MultiScaleBlock."""
+    """Output channels of a SAM ViT Block, a SAM2 MultiScaleBlock or a TinyViT block."""
     dim_out = getattr(block, "dim_out", None)
     return int(dim_out) if dim_out is not None else int(block.norm1.normalized_shape[0])
 

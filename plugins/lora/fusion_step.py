@@ -24,6 +24,8 @@ from torch import nn
 
 from samora_kit.api import LoraMerger, SamoraError
 
+from .experts_qkv import ExpertsQKV
+
 
 @dataclass
 class FusionState:
@@ -34,6 +36,19 @@ class FusionState:
     folded: bool = False
     recording: bool = False
     fused_ratio: torch.Tensor | None = None
+
+
+def install_attention_experts(block: nn.Module, fused_class: type, names, rank: int, targets, fuser: nn.Module
+                              ) -> nn.Module:
+    """Turn a built (frozen) block whose attention has a fused `qkv` and a `proj` into `fused_class` in place
+    (its parameter names stay those of the official layout) with the experts on its qkv and `fuser` after its
+    attention; the frozen output projection is folded into the fuser when the fuser can take it."""
+    check_fuser(fuser, len(names))
+    block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
+    block.__class__ = fused_class
+    fold_fuser(block, fuser, block.attn.proj)
+    block.scope = "attention"
+    return block
 
 
 def fold_fuser(block: nn.Module, fuser: nn.Module, projection: nn.Linear | None) -> None:

@@ -9,8 +9,8 @@ import torch
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from samora_kit.api import CheckpointError, SamoraError
-from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
+from samora_kit.api import CheckpointError
+from samora_kit_plugins.lora import ExpertHost, FuserFactory
 from samora_kit_plugins.sam_weights import read_sam_weights
 
 from .config import SAM_PRESETS, SamBackboneConfig
@@ -58,23 +58,9 @@ class SamBackbone(ExpertHost, nn.Module):
         if config.checkpoint is not None:
             self._load_pretrained(config.checkpoint, config.checkpoint_sha256)
         self.encoder.requires_grad_(False)
-        if config.experts is None:
-            if fuser is not None:
-                raise SamoraError("a fuser was given, but backbone.experts is not configured: a single-LoRA "
-                                  "backbone (SAMed, stage 1) has nothing to fuse; add backbone.experts.names")
-            for i in self.lora_blocks:
-                attn = self.encoder.blocks[i].attn
-                attn.qkv = LoRAQKV(attn.qkv, config.lora.rank, config.lora.targets)
-        else:
-            if fuser is None:
-                raise SamoraError(f"backbone.experts {config.experts.names} is configured, so a fuser is "
-                                  "required: build_sam_backbone(config, fuser=...), i.e. a recipe `fuser` section")
-            preset = config.preset
-            names = list(config.experts.names)
-            for i in self.lora_blocks:
-                install_experts(self.encoder.blocks[i], names, config.lora.rank, self.lora_targets,
-                                fuser(preset.embed_dim, preset.num_heads, list(names)), config.experts.scope)
-            self.load_expert_packs(config.experts.packs)
+        scope = config.experts.scope if config.experts is not None else None
+        self.adapt_blocks(config, fuser, lambda *block_and_experts: install_experts(*block_and_experts, scope),
+                          "build_sam_backbone")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._check_images(images)

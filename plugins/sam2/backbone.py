@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from samora_kit.api import CheckpointError, FeaturePyramid, SamoraError, require
-from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
+from samora_kit_plugins.lora import ExpertHost, FuserFactory
 from samora_kit_plugins.sam_weights import read_sam_weights
 
 from .config import POS_TARGET, Sam2BackboneConfig, config_source, image_encoder_node, trunk_values
@@ -108,25 +108,7 @@ class Sam2Backbone(ExpertHost, nn.Module):
             self._load_pretrained(config.checkpoint, config.checkpoint_sha256)
         self.encoder.requires_grad_(False)
         self.neck.requires_grad_(False)
-        blocks = self.encoder.blocks
-        if config.experts is None:
-            if fuser is not None:
-                raise SamoraError("a fuser was given, but backbone.experts is not configured: a single-LoRA "
-                                  "backbone (SAMed-2, stage 1) has nothing to fuse; add backbone.experts.names")
-            for i in self.lora_blocks:
-                blocks[i].attn.qkv = LoRAQKV(blocks[i].attn.qkv, config.lora.rank, config.lora.targets)
-        else:
-            if fuser is None:
-                raise SamoraError(f"backbone.experts {config.experts.names} is configured, so a fuser is "
-                                  "required: build_sam2_backbone(config, fuser=...), i.e. a recipe `fuser` section")
-            from .experts import install_hiera_experts  # imports sam2, checked by build_trunk_and_neck
-
-            names = list(config.experts.names)
-            for i in self.lora_blocks:
-                block = blocks[i]
-                install_hiera_experts(block, names, config.lora.rank, self.lora_targets,
-                                      fuser(block.dim_out, block.attn.num_heads, list(names)))
-            self.load_expert_packs(config.experts.packs)
+        self.adapt_blocks(config, fuser, _install_hiera_experts, "build_sam2_backbone")
 
     def forward(self, images: torch.Tensor) -> FeaturePyramid:
         self._check_images(images)
@@ -212,3 +194,9 @@ def check_state(found: dict[str, torch.Tensor], reference: dict[str, torch.Tenso
 def build_sam2_backbone(config: Sam2BackboneConfig, *, fuser: FuserFactory | None = None) -> Sam2Backbone:
     """SAM2 Hiera image encoder + FPN neck, frozen, with LoRA on the trunk's qkv (or fused frozen experts)."""
     return Sam2Backbone(config, fuser=fuser)
+
+
+def _install_hiera_experts(*block_and_experts):
+    from .experts import install_hiera_experts  # imports sam2, checked by build_trunk_and_neck
+
+    return install_hiera_experts(*block_and_experts)

@@ -22,7 +22,7 @@ from sam2.modeling.backbones.utils import window_partition, window_unpartition
 from torch import nn
 
 from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
-from samora_kit_plugins.lora.fusion_step import FusionState, check_fuser, fold_fuser, fuse_attention, window_valid
+from samora_kit_plugins.lora.fusion_step import FusionState, fuse_attention, install_attention_experts, window_valid
 
 
 def hiera_variants_attention(attn: MultiScaleAttention, q: torch.Tensor, k: torch.Tensor,
@@ -96,11 +96,5 @@ class ExpertFusedHieraBlock(MultiScaleBlock):
 
 def install_hiera_experts(block: MultiScaleBlock, names: Sequence[str], rank: int, targets: Sequence[str],
                           fuser: nn.Module) -> ExpertFusedHieraBlock:
-    """Turn a built (frozen) Hiera block into an ExpertFusedHieraBlock in place and return it; its frozen
-    output projection is folded into the fuser when the fuser can take it."""
-    check_fuser(fuser, len(names))
-    block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
-    block.__class__ = ExpertFusedHieraBlock
-    fold_fuser(block, fuser, block.attn.proj)
-    block.scope = "attention"
-    return block
+    """Turn a built (frozen) Hiera block into an ExpertFusedHieraBlock in place and return it."""
+    return install_attention_experts(block, ExpertFusedHieraBlock, names, rank, targets, fuser)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from samora_kit.api import CheckpointError, SamoraError
-from samora_kit_plugins.lora import ExpertHost, FuserFactory, LoRAQKV
+from samora_kit.api import CheckpointError
+from samora_kit_plugins.lora import ExpertHost, FuserFactory
 from samora_kit_plugins.sam_weights import read_sam_weights
 
 from .config import TinyViTBackboneConfig
@@ -52,23 +52,7 @@ class TinyViTBackbone(ExpertHost, nn.Module):
         if config.checkpoint is not None:
             self._load_pretrained(config.checkpoint, config.checkpoint_sha256)
         self.encoder.requires_grad_(False)
-        blocks = self.encoder.blocks
-        if config.experts is None:
-            if fuser is not None:
-                raise SamoraError("a fuser was given, but backbone.experts is not configured: a single-LoRA "
-                                  "backbone (SAMed, stage 1) has nothing to fuse; add backbone.experts.names")
-            for i in self.lora_blocks:
-                blocks[i].attn.qkv = LoRAQKV(blocks[i].attn.qkv, config.lora.rank, config.lora.targets)
-        else:
-            if fuser is None:
-                raise SamoraError(f"backbone.experts {config.experts.names} is configured, so a fuser is "
-                                  "required: build_tinyvit_backbone(config, fuser=...), i.e. a recipe `fuser` section")
-            names = list(config.experts.names)
-            for i in self.lora_blocks:
-                block = blocks[i]
-                install_tinyvit_experts(block, names, config.lora.rank, self.lora_targets,
-                                        fuser(block.dim, block.attn.num_heads, list(names)))
-            self.load_expert_packs(config.experts.packs)
+        self.adapt_blocks(config, fuser, install_tinyvit_experts, "build_tinyvit_backbone")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._check_images(images)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from samora_kit_plugins.lora.experts_qkv import ExpertsQKV
-from samora_kit_plugins.lora.fusion_step import FusionState, check_fuser, fold_fuser, fuse_attention, window_valid
+from samora_kit_plugins.lora.fusion_step import FusionState, fuse_attention, install_attention_experts, window_valid
 
 from .model import TinyViTBlock, window_partition, window_unpartition
 
@@ -53,11 +53,5 @@ class ExpertFusedTinyViTBlock(TinyViTBlock):
 
 def install_tinyvit_experts(block: TinyViTBlock, names: Sequence[str], rank: int, targets: Sequence[str],
                             fuser: nn.Module) -> ExpertFusedTinyViTBlock:
-    """Turn a built (frozen) TinyViT block into an ExpertFusedTinyViTBlock in place and return it; its frozen
-    output projection is folded into the fuser when the fuser can take it."""
-    check_fuser(fuser, len(names))
-    block.attn.qkv = ExpertsQKV(block.attn.qkv, names, rank, targets)
-    block.__class__ = ExpertFusedTinyViTBlock
-    fold_fuser(block, fuser, block.attn.proj)
-    block.scope = "attention"
-    return block
+    """Turn a built (frozen) TinyViT block into an ExpertFusedTinyViTBlock in place and return it."""
+    return install_attention_experts(block, ExpertFusedTinyViTBlock, names, rank, targets, fuser)
