@@ -174,6 +174,13 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, flo
     return mean, mean - half, mean + half
 
 
+def shown_difference(mean: float, low: float, high: float) -> str:
+    """A paired difference as a table cell: "+1.23 [-0.40, +2.86]", or "+1.23 [one draw: no interval]"."""
+    if math.isnan(low):
+        return f"{mean:+.2f} [one draw: no interval]"
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def write_synapse_like(root: Path, slices: int, size: int = 512, seed: int = 0) -> Path:
     """A folder in TransUNet's Synapse layout with `slices` random `size`² training slices (smooth images,
     8 organ labels as blobs) and one small test volume: the real pipeline's input at the real size."""

@@ -48,7 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-from samora_benchmarks.common import RECIPES, REPO, paired_difference, shown, write_doc_block
+from samora_benchmarks.common import RECIPES, REPO, paired_difference, shown, shown_difference, write_doc_block
 
 from samora_kit.api import RECIPE_FILE, default_registry, load_recipe, run, run_dir_of
 
@@ -388,10 +388,9 @@ def _comparisons(results: dict, pairs: list[tuple[str, str]]) -> str:
                 n = min(len(runs), len(base))
                 cells = []
                 for metric, scale in (("dice", 100), ("hd95", 1)):
-                    mean, low, high = paired_difference(
+                    cells.append(shown_difference(*paired_difference(
                         [r["summary"][policy]["mean"][metric] * scale for r in runs[:n]],
-                        [r["summary"][policy]["mean"][metric] * scale for r in base[:n]])
-                    cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+                        [r["summary"][policy]["mean"][metric] * scale for r in base[:n]])))
                 misses = _misses(runs[:n], policy) + _misses(base[:n], policy)
                 lines.append(f"| {LABELS.get(arm, arm)} − {LABELS.get(against, against)} | {k} | {n} | "
                              f"{cells[0]} | {cells[1]} | {f'⚠ {misses}' if misses else '0'} |")

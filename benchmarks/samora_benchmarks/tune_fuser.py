@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from samora_benchmarks.common import REPO, paired_difference, write_doc_block
+from samora_benchmarks.common import REPO, paired_difference, shown_difference, write_doc_block
 
 from samora_kit.api import read_diagnostics, run
 
@@ -83,11 +83,11 @@ def _markdown(rows: dict, command: str, args) -> str:
     control = [r["dice"] for r in rows["decoder only"]]
     for label, results in rows.items():
         dice = [r["dice"] for r in results]
-        mean, low, high = paired_difference([100 * d for d in dice], [100 * d for d in control])
+        difference = shown_difference(*paired_difference([100 * d for d in dice], [100 * d for d in control]))
         peak = [r["max_ratio"] for r in results if r["max_ratio"] is not None]
         end = [r["last_ratio"] for r in results if r["last_ratio"] is not None]
         lines.append(f"| {label} | {100 * statistics.fmean(dice):.2f} | {statistics.fmean(r['hd95'] for r in results):.2f} "
-                     f"| {'—' if label == 'decoder only' else f'{mean:+.2f} [{low:+.2f}, {high:+.2f}]'} "
+                     f"| {'—' if label == 'decoder only' else difference} "
                      f"| {f'{max(peak):.3f}' if peak else '—'} | {f'{statistics.fmean(end):.3f}' if end else '—'} |")
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,11 @@ def test_paired_difference_is_the_mean_of_per_draw_differences_with_a_t_interval
     assert math.isnan(fewshot.paired_difference([0.5], [0.4])[1])
 
 
+def test_a_difference_over_one_draw_is_shown_without_an_interval(fewshot):
+    assert fewshot.shown_difference(*fewshot.paired_difference([2.0], [0.5])) == "+1.50 [one draw: no interval]"
+    assert fewshot.shown_difference(1.0, -0.5, 2.25) == "+1.00 [-0.50, +2.25]"
+
+
 @pytest.fixture(scope="module")
 def mini_sam_file(tmp_path_factory) -> Path:
     """A tiny mini-SAM at the world's 128 px, exported as an official file and imported."""
