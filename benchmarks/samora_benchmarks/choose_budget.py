@@ -3,7 +3,9 @@
 SAMed runs once per input size for --epochs on one support draw, scoring the support pool's own validation
 subjects (the first few outside the draw's support set, as benchmarks/samora_benchmarks/fewshot.py does for its curves) every
 --every epochs. The budget is the first validated epoch after which the best validation Dice gains less than
---tolerance Dice points more (rounded up to a multiple of --every); the size is the one with the best
+--tolerance Dice points more (rounded up to a multiple of --every). Beside it, as a check that one lucky
+scoring did not set the budget, the table shows where the same rule lands on the curve smoothed by a
+3-point moving average; it is reported, not used. The size is the one with the best
 validation Dice at that budget, unless a smaller size is within --tolerance of it (it is cheaper). Nothing
 here reads a test subject's label: the test set is scored only by the run's own evaluation, which this script
 does not read.
@@ -32,6 +34,13 @@ def plateau(epochs: list[float], dice: list[float], tolerance: float) -> float:
         if best_after - reached < tolerance:
             return epoch
     return epochs[-1]
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Each value averaged with its neighbours, `window` wide and centred (shorter at the ends)."""
+    half = window // 2
+    return [sum(values[max(0, i - half):i + half + 1]) / len(values[max(0, i - half):i + half + 1])
+            for i in range(len(values))]
 
 
 def main() -> None:
@@ -74,12 +83,14 @@ def main() -> None:
     size = min(s for s in args.sizes if best - at(s, budget) < args.tolerance)
     command = shlex.join(["python", "-m", "samora_benchmarks.choose_budget", *sys.argv[1:]])
     lines = [f"Command: `{command}` (runs in `{shown(runs)}/`; validation subjects only).", "",
-             "| input size | validation Dice % at each validated epoch | best (epoch) | plateau epoch |",
-             "|---|---|---|---|"]
+             "| input size | validation Dice % at each validated epoch | best (epoch) | plateau epoch "
+             "| plateau epoch, 3-point moving average (check) |",
+             "|---|---|---|---|---|"]
     for s, (epochs, dice, _) in curves.items():
         peak = max(range(len(dice)), key=dice.__getitem__)
         points = ", ".join(f"{d:.1f}" for d in dice)
-        lines.append(f"| {s} | {points} | {dice[peak]:.1f} ({epochs[peak]:g}) | {budgets[s]:g} |")
+        smoothed = plateau(epochs, moving_average(dice, 3), args.tolerance)
+        lines.append(f"| {s} | {points} | {dice[peak]:.1f} ({epochs[peak]:g}) | {budgets[s]:g} | {smoothed:g} |")
     lines += ["", f"**Full budget: {budget} epochs; input size: {size} px** (best validation Dice by then "
                   f"{at(size, budget):.1f}; tolerance {args.tolerance} Dice points)."]
     table = "\n".join(lines)

@@ -206,3 +206,13 @@ def test_the_budget_is_where_the_best_validation_dice_stops_gaining_half_a_point
     assert choose.plateau(epochs, [70.0, 78.0, 80.0, 80.3, 80.1], 0.5) == 30  # 80.3 is within 0.5 of 80.0
     assert choose.plateau(epochs, [70.0, 78.0, 80.0, 81.0, 79.0], 0.5) == 40
     assert choose.plateau(epochs, [80.0, 79.0, 78.0, 77.0, 76.0], 0.5) == 10  # never better than at first
+
+
+def test_the_budget_check_smooths_with_a_centred_moving_average():
+    from samora_benchmarks import choose_budget as choose
+
+    assert choose.moving_average([70.0, 76.0, 79.0, 77.0, 81.0], 3) == pytest.approx([73.0, 75.0, 232 / 3, 79.0, 79.0])
+    lucky = [76.0, 78.0, 78.0, 78.0, 81.0, 77.0, 78.0]  # one lucky scoring at epoch 50
+    epochs = [10, 20, 30, 40, 50, 60, 70]
+    assert choose.plateau(epochs, lucky, 0.5) == 50
+    assert choose.plateau(epochs, choose.moving_average(lucky, 3), 0.5) == 40  # (78 + 78 + 81) / 3 is the top
