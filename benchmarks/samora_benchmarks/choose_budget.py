@@ -39,8 +39,8 @@ def plateau(epochs: list[float], dice: list[float], tolerance: float) -> float:
 def moving_average(values: list[float], window: int) -> list[float]:
     """Each value averaged with its neighbours, `window` wide and centred (shorter at the ends)."""
     half = window // 2
-    return [sum(values[max(0, i - half):i + half + 1]) / len(values[max(0, i - half):i + half + 1])
-            for i in range(len(values))]
+    windows = [values[max(0, i - half):i + half + 1] for i in range(len(values))]
+    return [sum(w) / len(w) for w in windows]
 
 
 def main() -> None:
