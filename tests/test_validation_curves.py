@@ -177,6 +177,8 @@ def test_plot_curves_draws_runs_and_group_bands(tmp_path, capsys):
     assert group.runs == 3 and group.epochs.tolist() == [1, 2, 3, 4]
     assert group.dice[0] == pytest.approx(0.15) and group.low[0] == pytest.approx(0.1)
     assert group.high[0] == pytest.approx(0.2) and group.minutes.tolist() == [0.5, 1.0, 1.5, 2.0]
+    chosen = group_curve("samed", [tmp_path / "fewshot" / f"samed-k3-d{seed}" for seed in (1, 0)])  # these two only
+    assert chosen.runs == 2 and chosen.dice[0] == pytest.approx(0.125) and chosen.high[0] == pytest.approx(0.15)
 
 
 def test_plot_curves_names_the_run_without_validation_records(tmp_path, capsys):

@@ -188,15 +188,29 @@ def _validated(folder: Path, points: list[tuple[float, float]]) -> None:
 
 
 def test_time_to_accuracy_is_the_arms_seconds_to_samed_final_dice_over_samed_seconds(fewshot, tmp_path):
-    _validated(tmp_path / "samed-k3-d0", [(100, 0.5), (200, 0.7), (400, 0.8)])
+    _validated(tmp_path / "samed-k3-d0", [(100, 0.5), (200, 0.8), (400, 0.8)])  # at its final Dice by 200 / 400
     _validated(tmp_path / "samora_full-k3-d0", [(50, 0.6), (120, 0.81), (500, 0.82)])  # 120 / 400
     _validated(tmp_path / "samed-k3-d1", [(100, 0.6), (300, 0.9)])
     _validated(tmp_path / "samora_full-k3-d1", [(100, 0.5), (300, 0.85)])  # never reaches 0.9
     args = SimpleNamespace(runs=tmp_path, ks=[3], draws=2, arms=["samed", "samora_full"])
     table = fewshot._time_to_accuracy(args)
     assert "| samora, SAMed's epochs | 3 | 1 of 2 | 0.30 [0.30, 0.30] |" in table
+    assert "| samed, its own curve (control) | 3 | 2 of 2 | 0.75 [0.50, 1.00] |" in table  # d1: 300 / 300
     args.arms = ["samed"]
     assert "| samora" not in fewshot._time_to_accuracy(args)
+
+
+def test_the_curves_show_the_tables_draws_not_a_later_draw_still_running(fewshot, tmp_path, monkeypatch):
+    import samora_kit.api
+
+    _validated(tmp_path / "samed-k3-d0", [(100, 0.5), (200, 0.8)])
+    _validated(tmp_path / "samed-k3-d1", [(100, 0.1)])  # the next draw, one scoring in
+    drawn = []
+    monkeypatch.setattr(samora_kit.api, "save_curves_plot", lambda curves, path: drawn.extend(curves), raising=False)
+    args = SimpleNamespace(runs=tmp_path, ks=[3], draws=1, arms=["samed", "samora"], no_docs=True,
+                           foundation="litemedsam", dataset="hippocampus")
+    assert "litemedsam-hippocampus-k3-curves.png" in fewshot._curves(args)
+    assert [(c.label, c.runs, c.dice.tolist()) for c in drawn] == [("samed", 1, [0.5, 0.8])]
 
 
 def test_the_budget_is_where_the_best_validation_dice_stops_gaining_half_a_point():

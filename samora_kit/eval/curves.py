@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +58,13 @@ def run_curve(run_dir: Path, label: str | None = None) -> Curve:
                  np.array([r["val_dice"] for r in records], dtype=float))
 
 
-def group_curve(label: str, pattern: str) -> Curve:
-    """The mean of the runs matching `pattern` at the epochs all of them were scored at, with its min-max
-    band; the time axis is their mean training time at each such epoch."""
-    run_dirs = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+def group_curve(label: str, runs: str | Sequence[Path]) -> Curve:
+    """The mean of the runs (a glob pattern, or the run folders themselves) at the epochs all of them were
+    scored at, with its min-max band; the time axis is their mean training time at each such epoch."""
+    if isinstance(runs, str):
+        run_dirs, pattern = sorted(Path(p) for p in glob.glob(runs) if Path(p).is_dir()), runs
+    else:
+        run_dirs, pattern = sorted(map(Path, runs)), ", ".join(map(str, runs))
     if not run_dirs:
         raise SamoraError(f"--group {label}={pattern}: no run folder matches")
     curves = [run_curve(d) for d in run_dirs]

@@ -38,12 +38,16 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Differentiable sum over ranks (identity in a single process)."""
+    """The sum over ranks, differentiable as if one process held the whole global batch (identity in a
+    single process). Forward all-reduces a detached copy; the gradient reaching this rank's summand is
+    the world size times the sum's, which DDP's mean over ranks turns back into the global batch's
+    gradient (every rank computes the same function of the same sum). Only a plain collective runs, in
+    the forward pass: none is left for backward to order against DDP's gradient buckets."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor)
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total + dist.get_world_size() * (tensor - tensor.detach())
 
 
 def data_parallel(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
